@@ -1,0 +1,1 @@
+"""The `promptsam` command line: one console script with subcommands."""

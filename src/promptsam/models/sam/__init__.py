@@ -1,1 +1,1 @@
-"""promptsam.models.sam."""
+"""SAM 2D: image encoders, prompt encoder, mask decoder."""

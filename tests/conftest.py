@@ -28,10 +28,10 @@ def _torch_threads():
 
 
 def randomize_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Overwrite every parameter and float buffer with seeded noise so parity tests can fail."""
+    """Overwrite every saved parameter and float buffer with seeded noise so parity tests can fail."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
+        for name, tensor in module.state_dict(keep_vars=True).items():
             if not tensor.is_floating_point():
                 continue
             noise = torch.randn(tensor.shape, generator=gen)

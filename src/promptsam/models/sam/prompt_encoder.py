@@ -84,14 +84,23 @@ class PromptEncoder(nn.Module):
         return emb + torch.where(labels == POSITIVE, self.point_embeddings[1].weight, 0.0)
 
     def embed_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
-        """Embed (N, 4) boxes (x1, y1, x2, y2) as two corner tokens: (N, 2, C)."""
-        corners = self.pe_layer.forward_with_coords(boxes.reshape(-1, 2, 2) + 0.5, self.input_image_size)
+        """Embed (N, 4) boxes (x1, y1, x2, y2) as two corner tokens: (N, 2, C); NaN rows become padding tokens."""
+        missing = boxes.isnan().any(dim=1)
+        corners = self.pe_layer.forward_with_coords(boxes.nan_to_num(0.0).reshape(-1, 2, 2) + 0.5,
+                                                    self.input_image_size)
         corner_types = torch.cat([self.point_embeddings[2].weight, self.point_embeddings[3].weight])
-        return corners + corner_types
+        tokens = corners + corner_types
+        if missing.any():
+            tokens = torch.where(missing[:, None, None], self.not_a_point_embed.weight.to(tokens.dtype), tokens)
+        return tokens
 
     def embed_masks(self, masks: torch.Tensor) -> torch.Tensor:
-        """Embed (N, 1, 4h, 4w) low-resolution mask logits into dense (N, C, h, w)."""
-        return self.mask_downscaling(masks)
+        """Embed (N, 1, 4h, 4w) low-resolution mask logits into dense (N, C, h, w); NaN masks get no_mask_embed."""
+        missing = masks.flatten(1).isnan().any(dim=1)
+        dense = self.mask_downscaling(masks.nan_to_num(0.0))
+        if missing.any():
+            dense = torch.where(missing[:, None, None, None], self.no_mask_embed.weight.reshape(1, -1, 1, 1), dense)
+        return dense
 
     def forward(
         self,
@@ -99,7 +108,11 @@ class PromptEncoder(nn.Module):
         boxes: torch.Tensor | None,
         masks: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return sparse (N, tokens, C) and dense (N, C, h, w) embeddings, as the official encoder does."""
+        """Return sparse (N, tokens, C) and dense (N, C, h, w) embeddings, as the official encoder does.
+
+        Beyond the official encoder, objects of one batch may differ: a NaN box row or a NaN mask means that object
+        has no box (two padding tokens) or no mask prompt (no_mask_embed); point label -1 pads point lists.
+        """
         n = next(t.shape[0] for t in (points[0] if points else None, boxes, masks) if t is not None)
         device = self.point_embeddings[0].weight.device
         tokens = []

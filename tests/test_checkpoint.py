@@ -18,7 +18,9 @@ def small_sam():
 @pytest.fixture(scope="module")
 def good_file(tmp_path_factory, small_sam):
     path = tmp_path_factory.mktemp("ckpt") / "sam_vit_b_01ec64.pth"
-    state = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in small_sam.state_dict().items()}
+    state = {
+        k: torch.randn_like(v) if v.is_floating_point() else v for k, v in small_sam.state_dict().items()
+    }
     torch.save(state, path)
     return path
 
@@ -40,7 +42,9 @@ def test_official_raw_state_dict_loads_and_wrapped_too(good_file, tmp_path):
     wrapped = tmp_path / "wrapped.pth"
     torch.save({"model_state_dict": saved, "epoch": 3}, wrapped)  # SAM-Med3D / training-checkpoint style
     model2 = build_sam("vit_b", image_size=256, checkpoint=wrapped)
-    assert torch.equal(model2.state_dict()["mask_decoder.iou_token.weight"], saved["mask_decoder.iou_token.weight"])
+    assert torch.equal(
+        model2.state_dict()["mask_decoder.iou_token.weight"], saved["mask_decoder.iou_token.weight"]
+    )
 
 
 def test_truncated_file(good_file, tmp_path):
@@ -63,13 +67,22 @@ def test_missing_file(tmp_path):
 def test_wrong_architecture_names_first_mismatching_keys(good_file, small_sam):
     before = {k: v.clone() for k, v in small_sam.state_dict().items()}
     large = build_sam("vit_t", image_size=256)
-    assert_one_line_error(lambda: __import__("promptsam").models.load_checkpoint(large, good_file), good_file,
-                          "does not fit vit_t", "missing keys", "unexpected keys")
+    assert_one_line_error(
+        lambda: __import__("promptsam").models.load_checkpoint(large, good_file),
+        good_file,
+        "does not fit vit_t",
+        "missing keys",
+        "unexpected keys",
+    )
     # vit_b file into a vit_l model: same key names for the first blocks, other shapes
     with torch.device("meta"):  # shapes only: the load must fail before any copy
         vit_l = build_sam("vit_l", image_size=256)
-    assert_one_line_error(lambda: __import__("promptsam").models.load_checkpoint(vit_l, good_file), good_file,
-                          "shape mismatch", "image_encoder.")
+    assert_one_line_error(
+        lambda: __import__("promptsam").models.load_checkpoint(vit_l, good_file),
+        good_file,
+        "shape mismatch",
+        "image_encoder.",
+    )
     # nothing half-loaded into the model whose load failed
     assert all(torch.equal(v, small_sam.state_dict()[k]) for k, v in before.items())
 
@@ -82,8 +95,10 @@ def test_renamed_key_fails_and_leaves_model_untouched(good_file, tmp_path):
     model = build_sam("vit_b", image_size=256)
     before = model.state_dict()["image_encoder.pos_embed"].clone()
     assert_one_line_error(
-        lambda: __import__("promptsam").models.load_checkpoint(model, bad), bad,
-        "missing keys: mask_decoder.iou_token.weight", "unexpected keys: mask_decoder.iou_token.weight_renamed",
+        lambda: __import__("promptsam").models.load_checkpoint(model, bad),
+        bad,
+        "missing keys: mask_decoder.iou_token.weight",
+        "unexpected keys: mask_decoder.iou_token.weight_renamed",
     )
     assert torch.equal(model.state_dict()["image_encoder.pos_embed"], before)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import randomize_
 
+from conftest import randomize_
 from promptsam.inference.predictor import SamPredictor
 from promptsam.models import build_sam
 
@@ -42,12 +42,17 @@ def test_predictor_matches_reference_pipeline(pair):
     points = rng.uniform(0, [200, 300], (n, 2, 2)).astype(np.float32)
     labels = np.tile([1, 0], (n, 1))
     boxes = np.concatenate([rng.uniform(0, 90, (n, 2)), rng.uniform(110, 199, (n, 2))], 1).astype(np.float32)
-    out = predictor.predict(points=points, point_labels=labels, boxes=boxes, multimask_output=True, chunk_size=3)
+    out = predictor.predict(
+        points=points, point_labels=labels, boxes=boxes, multimask_output=True, chunk_size=3
+    )
     # the official ResizeLongestSide.apply_coords scales x and y by new_w / w and new_h / h
     scale = np.array([predictor.input_size[1] / 200, predictor.input_size[0] / 300], np.float32)
     masks, iou, low = ref_pred.predict_torch(
-        torch.from_numpy(points * scale), torch.from_numpy(labels), torch.from_numpy(boxes * np.tile(scale, 2)),
-        multimask_output=True, return_logits=True,
+        torch.from_numpy(points * scale),
+        torch.from_numpy(labels),
+        torch.from_numpy(boxes * np.tile(scale, 2)),
+        multimask_output=True,
+        return_logits=True,
     )
     assert out.masks.shape == (n, 3, 300, 200)
     assert np.abs(out.iou - iou.numpy()).max() < 1e-4
@@ -70,8 +75,12 @@ def test_mixed_prompts_in_one_batch(pair):
     both = predictor.predict(points=points, point_labels=labels, boxes=boxes, mask_inputs=masks)
     assert both.masks.shape == (2, 1, 256, 256)
     # each row equals that object decoded alone: no interaction between objects of a batch
-    first = predictor.predict(points=points[:1], point_labels=labels[:1], boxes=boxes[:1])  # no mask = NaN mask
-    second = predictor.predict(points=points[1:], point_labels=labels[1:], boxes=boxes[1:], mask_inputs=masks[1:])
+    first = predictor.predict(
+        points=points[:1], point_labels=labels[:1], boxes=boxes[:1]
+    )  # no mask = NaN mask
+    second = predictor.predict(
+        points=points[1:], point_labels=labels[1:], boxes=boxes[1:], mask_inputs=masks[1:]
+    )
     assert np.abs(both.low_res_logits[0] - first.low_res_logits[0]).max() < 1e-4
     assert np.abs(both.low_res_logits[1] - second.low_res_logits[0]).max() < 1e-4
     assert np.abs(both.iou - np.concatenate([first.iou, second.iou])).max() < 1e-4

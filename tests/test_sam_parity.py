@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import randomize_
 
+from conftest import randomize_
 from promptsam.models import build_sam
-from promptsam.models.sam.image_encoder import resize_pos_embed, rel_pos_table
+from promptsam.models.sam.image_encoder import rel_pos_table, resize_pos_embed
 
 segment_anything = pytest.importorskip("segment_anything")
 from segment_anything.modeling import (  # noqa: E402
@@ -26,18 +26,31 @@ def reference_vit_b(image_size: int) -> Sam:
     grid = image_size // 16
     return Sam(
         image_encoder=ImageEncoderViT(
-            depth=12, embed_dim=768, img_size=image_size, mlp_ratio=4, norm_layer=torch.nn.LayerNorm,
-            num_heads=12, patch_size=16, qkv_bias=True, use_rel_pos=True, global_attn_indexes=[2, 5, 8, 11],
-            window_size=14, out_chans=256,
+            depth=12,
+            embed_dim=768,
+            img_size=image_size,
+            mlp_ratio=4,
+            norm_layer=torch.nn.LayerNorm,
+            num_heads=12,
+            patch_size=16,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=[2, 5, 8, 11],
+            window_size=14,
+            out_chans=256,
         ),
         prompt_encoder=PromptEncoder(
-            embed_dim=256, image_embedding_size=(grid, grid), input_image_size=(image_size, image_size),
+            embed_dim=256,
+            image_embedding_size=(grid, grid),
+            input_image_size=(image_size, image_size),
             mask_in_chans=16,
         ),
         mask_decoder=MaskDecoder(
             num_multimask_outputs=3,
             transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
-            transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256,
+            transformer_dim=256,
+            iou_head_depth=3,
+            iou_head_hidden_dim=256,
         ),
     ).eval()
 
@@ -79,9 +92,14 @@ def assert_decoder_parity(ref, ours, embedding: torch.Tensor, size: int) -> None
     for case in cases:
         for multimask in (True, False):
             sparse, dense = ref.prompt_encoder(**case)
-            m_ref, iou_ref = ref.mask_decoder(embedding, ref.prompt_encoder.get_dense_pe(), sparse, dense, multimask)
+            m_ref, iou_ref = ref.mask_decoder(
+                embedding, ref.prompt_encoder.get_dense_pe(), sparse, dense, multimask
+            )
             m_ours, iou_ours = ours.decode(
-                embedding, points=case["points"], boxes=case["boxes"], mask_inputs=case["masks"],
+                embedding,
+                points=case["points"],
+                boxes=case["boxes"],
+                mask_inputs=case["masks"],
                 multimask_output=multimask,
             )
             assert m_ours.shape == m_ref.shape == (6, 3 if multimask else 1, size // 4, size // 4)

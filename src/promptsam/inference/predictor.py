@@ -73,15 +73,29 @@ class SamPredictor:
             raise RuntimeError("call set_image before predict")
         if points is not None and point_labels is None:
             raise ValueError("points need point_labels (1 positive, 0 negative, -1 padding)")
-        n = next(len(a) for a in (points, boxes, mask_inputs) if a is not None) if any(
-            a is not None for a in (points, boxes, mask_inputs)) else 0
+        n = (
+            next(len(a) for a in (points, boxes, mask_inputs) if a is not None)
+            if any(a is not None for a in (points, boxes, mask_inputs))
+            else 0
+        )
         coords = self._to_input_frame(points).to(self.device) if points is not None else None
-        labels = torch.as_tensor(np.asarray(point_labels), dtype=torch.int64, device=self.device) \
-            if points is not None else None
-        box_t = self._to_input_frame(np.asarray(boxes, np.float32).reshape(-1, 2, 2)).reshape(-1, 4).to(self.device) \
-            if boxes is not None else None
-        mask_t = torch.as_tensor(np.asarray(mask_inputs, np.float32), device=self.device)[:, None] \
-            if mask_inputs is not None else None
+        labels = (
+            torch.as_tensor(np.asarray(point_labels), dtype=torch.int64, device=self.device)
+            if points is not None
+            else None
+        )
+        box_t = (
+            self._to_input_frame(np.asarray(boxes, np.float32).reshape(-1, 2, 2))
+            .reshape(-1, 4)
+            .to(self.device)
+            if boxes is not None
+            else None
+        )
+        mask_t = (
+            torch.as_tensor(np.asarray(mask_inputs, np.float32), device=self.device)[:, None]
+            if mask_inputs is not None
+            else None
+        )
 
         masks_out, iou_out, low_out = [], [], []
         for start in range(0, n, chunk_size):
@@ -103,7 +117,9 @@ class SamPredictor:
         s = self.model.image_size // 4
         h, w = self.original_size
         return Prediction(
-            masks=(np.concatenate(masks_out) if masks_out else np.zeros((0, m, h, w), bool)) if return_masks else None,
+            masks=(np.concatenate(masks_out) if masks_out else np.zeros((0, m, h, w), bool))
+            if return_masks
+            else None,
             iou=np.concatenate(iou_out) if iou_out else np.zeros((0, m), np.float32),
             low_res_logits=np.concatenate(low_out) if low_out else np.zeros((0, m, s, s), np.float32),
         )

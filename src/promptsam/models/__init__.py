@@ -5,5 +5,12 @@ from promptsam.models.registry import find_checkpoint, list_models, register_mod
 from promptsam.models.sam.build import build_sam
 from promptsam.models.sam.sam import Sam
 
-__all__ = ["Sam", "build_sam", "find_checkpoint", "list_models", "load_checkpoint", "read_state_dict",
-           "register_model"]
+__all__ = [
+    "Sam",
+    "build_sam",
+    "find_checkpoint",
+    "list_models",
+    "load_checkpoint",
+    "read_state_dict",
+    "register_model",
+]

@@ -28,7 +28,11 @@ _REGISTRY: dict[str, ModelEntry] = {}
 
 
 def register_model(
-    name: str, *, description: str, checkpoint_file: str | None = None, source: str | None = None,
+    name: str,
+    *,
+    description: str,
+    checkpoint_file: str | None = None,
+    source: str | None = None,
     licence: str | None = None,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator registering a builder under `name`."""

@@ -59,8 +59,15 @@ def _sam(image_encoder: nn.Module, image_size: int) -> Sam:
     )
 
 
-def _vit_sam(*, embed_dim: int, depth: int, num_heads: int, global_attn_indexes: tuple[int, ...],
-             image_size: int, window_size: int = 14) -> Sam:
+def _vit_sam(
+    *,
+    embed_dim: int,
+    depth: int,
+    num_heads: int,
+    global_attn_indexes: tuple[int, ...],
+    image_size: int,
+    window_size: int = 14,
+) -> Sam:
     encoder = ImageEncoderViT(
         embed_dim=embed_dim,
         depth=depth,
@@ -72,32 +79,70 @@ def _vit_sam(*, embed_dim: int, depth: int, num_heads: int, global_attn_indexes:
     return _sam(encoder, image_size)
 
 
-@register_model("vit_b", description="SAM ViT-B (93.7 M)", checkpoint_file="sam_vit_b_01ec64.pth",
-                source=SAM_SOURCE, licence=SAM_LICENCE)
+@register_model(
+    "vit_b",
+    description="SAM ViT-B (93.7 M)",
+    checkpoint_file="sam_vit_b_01ec64.pth",
+    source=SAM_SOURCE,
+    licence=SAM_LICENCE,
+)
 def sam_vit_b(*, image_size: int = 1024, window_size: int = 14) -> Sam:
     """SAM with the ViT-B encoder."""
-    return _vit_sam(embed_dim=768, depth=12, num_heads=12, global_attn_indexes=(2, 5, 8, 11),
-                    image_size=image_size, window_size=window_size)
+    return _vit_sam(
+        embed_dim=768,
+        depth=12,
+        num_heads=12,
+        global_attn_indexes=(2, 5, 8, 11),
+        image_size=image_size,
+        window_size=window_size,
+    )
 
 
-@register_model("vit_l", description="SAM ViT-L (312.3 M)", checkpoint_file="sam_vit_l_0b3195.pth",
-                source=SAM_SOURCE, licence=SAM_LICENCE)
+@register_model(
+    "vit_l",
+    description="SAM ViT-L (312.3 M)",
+    checkpoint_file="sam_vit_l_0b3195.pth",
+    source=SAM_SOURCE,
+    licence=SAM_LICENCE,
+)
 def sam_vit_l(*, image_size: int = 1024, window_size: int = 14) -> Sam:
     """SAM with the ViT-L encoder."""
-    return _vit_sam(embed_dim=1024, depth=24, num_heads=16, global_attn_indexes=(5, 11, 17, 23),
-                    image_size=image_size, window_size=window_size)
+    return _vit_sam(
+        embed_dim=1024,
+        depth=24,
+        num_heads=16,
+        global_attn_indexes=(5, 11, 17, 23),
+        image_size=image_size,
+        window_size=window_size,
+    )
 
 
-@register_model("vit_h", description="SAM ViT-H (641.1 M)", checkpoint_file="sam_vit_h_4b8939.pth",
-                source=SAM_SOURCE, licence=SAM_LICENCE)
+@register_model(
+    "vit_h",
+    description="SAM ViT-H (641.1 M)",
+    checkpoint_file="sam_vit_h_4b8939.pth",
+    source=SAM_SOURCE,
+    licence=SAM_LICENCE,
+)
 def sam_vit_h(*, image_size: int = 1024, window_size: int = 14) -> Sam:
     """SAM with the ViT-H encoder."""
-    return _vit_sam(embed_dim=1280, depth=32, num_heads=16, global_attn_indexes=(7, 15, 23, 31),
-                    image_size=image_size, window_size=window_size)
+    return _vit_sam(
+        embed_dim=1280,
+        depth=32,
+        num_heads=16,
+        global_attn_indexes=(7, 15, 23, 31),
+        image_size=image_size,
+        window_size=window_size,
+    )
 
 
-@register_model("vit_t", description="MobileSAM, TinyViT-5M encoder (10.1 M)", checkpoint_file="mobile_sam.pt",
-                source="https://github.com/ChaoningZhang/MobileSAM", licence="Apache-2.0")
+@register_model(
+    "vit_t",
+    description="MobileSAM, TinyViT-5M encoder (10.1 M)",
+    checkpoint_file="mobile_sam.pt",
+    source="https://github.com/ChaoningZhang/MobileSAM",
+    licence="Apache-2.0",
+)
 def sam_vit_t(*, image_size: int = 1024) -> Sam:
     """MobileSAM: SAM's prompt encoder and mask decoder on a TinyViT-5M encoder."""
     from promptsam.models.sam.tiny_vit import tiny_vit_5m

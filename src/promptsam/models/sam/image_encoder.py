@@ -71,7 +71,9 @@ class PatchEmbed(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block with windowed (window_size > 0) or global attention."""
 
-    def __init__(self, *, dim: int, num_heads: int, mlp_ratio: float, window_size: int, rel_pos_size: int) -> None:
+    def __init__(
+        self, *, dim: int, num_heads: int, mlp_ratio: float, window_size: int, rel_pos_size: int
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, num_heads, rel_pos_size=rel_pos_size)
@@ -144,7 +146,9 @@ def resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Te
     """Bicubically resize a (1, H, W, C) absolute position embedding to `grid` (unchanged when equal)."""
     if tuple(pos_embed.shape[1:3]) == tuple(grid):
         return pos_embed
-    resized = F.interpolate(pos_embed.permute(0, 3, 1, 2), size=tuple(grid), mode="bicubic", align_corners=False)
+    resized = F.interpolate(
+        pos_embed.permute(0, 3, 1, 2), size=tuple(grid), mode="bicubic", align_corners=False
+    )
     return resized.permute(0, 2, 3, 1)
 
 

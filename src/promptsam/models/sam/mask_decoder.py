@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from promptsam.models.sam.common import LayerNorm2d
@@ -35,9 +36,12 @@ class MaskDecoder(nn.Module):
             nn.GELU(),
         )
         self.output_hypernetworks_mlps = nn.ModuleList(
-            MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3) for _ in range(self.num_mask_tokens)
+            MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3)
+            for _ in range(self.num_mask_tokens)
         )
-        self.iou_prediction_head = MLP(transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth)
+        self.iou_prediction_head = MLP(
+            transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth
+        )
 
     def forward(
         self,
@@ -73,23 +77,54 @@ class MaskDecoder(nn.Module):
         output_tokens = output_tokens.to(sparse_prompt_embeddings.dtype).unsqueeze(0).expand(n, -1, -1)
         tokens = torch.cat([output_tokens, sparse_prompt_embeddings], dim=1)
 
-        if image_index is None:
-            src = image_embeddings.expand(n, -1, -1, -1) if image_embeddings.shape[0] == 1 else image_embeddings
-        else:
-            src = image_embeddings[image_index]
-        src = src + dense_prompt_embeddings
-        b, c, h, w = src.shape
+        dense = dense_prompt_embeddings
+        if dense.shape[0] > 1 and dense.stride(0) == 0:  # one dense embedding broadcast over all prompts
+            dense = dense[:1]
+        if image_index is not None and image_embeddings.shape[0] > 1:
+            image_embeddings = image_embeddings[image_index]
+        # when every prompt reads one image with one dense embedding, src keeps a batch of 1: while the image
+        # tokens are still the same for all prompts (layer 0) their projections are computed once and broadcast
+        src = image_embeddings + dense
+        _, c, h, w = src.shape
         hs, src = self.transformer(src, image_pe, tokens)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
 
-        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+        upscaled = self.upscale(src.expand(n, -1, -1), (h, w))  # (N, 4h, 4w, C/8), channels last
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )
-        b, c, h, w = upscaled.shape
-        masks = (hyper_in @ upscaled.reshape(b, c, h * w)).reshape(b, -1, h, w)
+        masks = hyper_in @ upscaled.reshape(n, -1, upscaled.shape[-1]).transpose(1, 2)
+        masks = masks.reshape(n, -1, 4 * h, 4 * w)
         return masks, self.iou_prediction_head(iou_token_out)
+
+    def upscale(self, tokens: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """`output_upscaling` on image tokens (N, h*w, C) -> (N, 4h, 4w, C/8), computed channels-last.
+
+        A 2x2 stride-2 transposed convolution is a per-pixel linear map to 2x2 sub-pixels; done as one matmul
+        plus a pixel shuffle it runs at matmul speed (in bf16 too), with the same weights and result.
+        """
+        conv1, norm, act1, conv2, act2 = self.output_upscaling
+        x = act1(
+            F.layer_norm(
+                _conv_transpose_2x2(tokens, size, conv1), norm.weight.shape, norm.weight, norm.bias, norm.eps
+            )
+        )
+        h, w = size
+        return act2(_conv_transpose_2x2(x.reshape(x.shape[0], -1, x.shape[-1]), (2 * h, 2 * w), conv2))
+
+
+def _conv_transpose_2x2(
+    tokens: torch.Tensor, size: tuple[int, int], conv: nn.ConvTranspose2d
+) -> torch.Tensor:
+    """ConvTranspose2d(kernel 2, stride 2) on channels-last tokens (N, h*w, Cin) -> (N, 2h, 2w, Cout)."""
+    n = tokens.shape[0]
+    h, w = size
+    c_in, c_out = conv.weight.shape[:2]
+    weight = conv.weight.permute(0, 2, 3, 1).reshape(c_in, 4 * c_out)  # columns ordered (dy, dx, c_out)
+    bias = conv.bias.repeat(4) if conv.bias is not None else None
+    y = F.linear(tokens, weight.T, bias).reshape(n, h, w, 2, 2, c_out)
+    return y.permute(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, c_out)
 
 
 class MLP(nn.Module):

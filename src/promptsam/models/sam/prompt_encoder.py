@@ -86,12 +86,15 @@ class PromptEncoder(nn.Module):
     def embed_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
         """Embed (N, 4) boxes (x1, y1, x2, y2) as two corner tokens: (N, 2, C); NaN rows become padding tokens."""
         missing = boxes.isnan().any(dim=1)
-        corners = self.pe_layer.forward_with_coords(boxes.nan_to_num(0.0).reshape(-1, 2, 2) + 0.5,
-                                                    self.input_image_size)
+        corners = self.pe_layer.forward_with_coords(
+            boxes.nan_to_num(0.0).reshape(-1, 2, 2) + 0.5, self.input_image_size
+        )
         corner_types = torch.cat([self.point_embeddings[2].weight, self.point_embeddings[3].weight])
         tokens = corners + corner_types
         if missing.any():
-            tokens = torch.where(missing[:, None, None], self.not_a_point_embed.weight.to(tokens.dtype), tokens)
+            tokens = torch.where(
+                missing[:, None, None], self.not_a_point_embed.weight.to(tokens.dtype), tokens
+            )
         return tokens
 
     def embed_masks(self, masks: torch.Tensor) -> torch.Tensor:
@@ -99,7 +102,9 @@ class PromptEncoder(nn.Module):
         missing = masks.flatten(1).isnan().any(dim=1)
         dense = self.mask_downscaling(masks.nan_to_num(0.0))
         if missing.any():
-            dense = torch.where(missing[:, None, None, None], self.no_mask_embed.weight.reshape(1, -1, 1, 1), dense)
+            dense = torch.where(
+                missing[:, None, None, None], self.no_mask_embed.weight.reshape(1, -1, 1, 1), dense
+            )
         return dense
 
     def forward(

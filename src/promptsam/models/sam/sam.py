@@ -15,7 +15,9 @@ PIXEL_STD = (58.395, 57.12, 57.375)
 class Sam(nn.Module):
     """Segment Anything: `image_size` is the square model input (1024 for the official weights, 256 for nuclei)."""
 
-    def __init__(self, image_encoder: nn.Module, prompt_encoder: PromptEncoder, mask_decoder: MaskDecoder) -> None:
+    def __init__(
+        self, image_encoder: nn.Module, prompt_encoder: PromptEncoder, mask_decoder: MaskDecoder
+    ) -> None:
         super().__init__()
         self.image_encoder = image_encoder
         self.prompt_encoder = prompt_encoder

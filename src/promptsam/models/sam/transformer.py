@@ -13,7 +13,12 @@ class TwoWayTransformer(nn.Module):
     """`depth` two-way attention blocks followed by a final token-to-image attention."""
 
     def __init__(
-        self, *, depth: int = 2, embedding_dim: int = 256, num_heads: int = 8, mlp_dim: int = 2048,
+        self,
+        *,
+        depth: int = 2,
+        embedding_dim: int = 256,
+        num_heads: int = 8,
+        mlp_dim: int = 2048,
         attention_downsample_rate: int = 2,
     ) -> None:
         super().__init__()
@@ -49,7 +54,12 @@ class TwoWayAttentionBlock(nn.Module):
     """Token self-attention, token->image attention, token MLP, image->token attention; each with LayerNorm."""
 
     def __init__(
-        self, *, embedding_dim: int, num_heads: int, mlp_dim: int, attention_downsample_rate: int,
+        self,
+        *,
+        embedding_dim: int,
+        num_heads: int,
+        mlp_dim: int,
+        attention_downsample_rate: int,
         skip_first_layer_pe: bool,
     ) -> None:
         super().__init__()
@@ -99,7 +109,10 @@ class Attention(nn.Module):
         return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Attend q (B, Nq, C) to k, v (B, Nk, C); a batch of 1 on any side is broadcast, projected once."""
         q, k, v = self._heads(self.q_proj(q)), self._heads(self.k_proj(k)), self._heads(self.v_proj(v))
+        b = max(q.shape[0], k.shape[0], v.shape[0])
+        q, k, v = (t.expand(b, -1, -1, -1) for t in (q, k, v))
         out = F.scaled_dot_product_attention(q, k, v)
         b, _, n, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, self.internal_dim))

@@ -1,0 +1,240 @@
+"""SAM speed: our encoders and decoder against the reference implementations, same weights, same run.
+
+    python benchmarks/sam_speed.py [--quick]
+
+Prints a table and writes benchmarks/results/sam_speed.json. Encoder latency is the median of >= 5 runs after a
+warm-up, batch 1; achieved GFLOP/s divides FlopCounterMode's count by that latency and is compared with a measured
+matmul peak of this machine in the same precision. Decoder throughput decodes N single-point prompts against one
+image embedding in one batched call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import count_gflops, matmul_peak_gflops, median_seconds, print_table, write_results  # noqa: E402
+from promptsam.device import autocast  # noqa: E402
+from promptsam.models import build_sam  # noqa: E402
+
+warnings.filterwarnings("ignore")
+CPU = torch.device("cpu")
+
+
+def reference_encoder(name: str, image_size: int) -> torch.nn.Module:
+    """The reference implementation's encoder for `name` at `image_size`."""
+    if name == "vit_b":
+        from segment_anything.modeling import ImageEncoderViT
+
+        return ImageEncoderViT(
+            depth=12,
+            embed_dim=768,
+            img_size=image_size,
+            mlp_ratio=4,
+            num_heads=12,
+            patch_size=16,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=[2, 5, 8, 11],
+            window_size=14,
+            out_chans=256,
+            norm_layer=torch.nn.LayerNorm,
+        )
+    from mobile_sam.modeling import TinyViT
+
+    return TinyViT(
+        img_size=image_size,
+        in_chans=3,
+        num_classes=1000,
+        embed_dims=[64, 128, 160, 320],
+        depths=[2, 2, 6, 2],
+        num_heads=[2, 4, 5, 10],
+        window_sizes=[7, 7, 14, 7],
+        mlp_ratio=4.0,
+        drop_rate=0.0,
+        drop_path_rate=0.0,
+        use_checkpoint=False,
+        mbconv_expand_ratio=4.0,
+        local_conv_size=3,
+        layer_lr_decay=0.8,
+    )
+
+
+def run_reference(ref: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Reference forward; MobileSAM's TinyViT hard-codes a 64x64 token grid, so its last reshape is redone here."""
+    if not hasattr(ref, "layers"):
+        return ref(x)
+    y = ref.patch_embed(x)
+    for layer in ref.layers:
+        y = layer(y)
+    grid = x.shape[-1] // 16
+    return ref.neck(y.view(y.shape[0], grid, grid, -1).permute(0, 3, 1, 2))
+
+
+def load_resized(ref: torch.nn.Module, ours_encoder: torch.nn.Module, image_size: int) -> None:
+    """Copy our encoder weights into the reference, resizing the 1024-shaped position tables where needed."""
+    from promptsam.models.sam.image_encoder import resize_pos_embed
+
+    state = ours_encoder.state_dict()
+    target = ref.state_dict()
+    for key, value in state.items():
+        if key.endswith("pos_embed") and value.shape != target[key].shape:
+            state[key] = resize_pos_embed(value, target[key].shape[1:3])
+        elif "rel_pos" in key and value.shape != target[key].shape:
+            state[key] = torch.nn.functional.interpolate(
+                value.T[None], size=target[key].shape[0], mode="linear"
+            )[0].T
+    ref.load_state_dict(state, strict=True)
+
+
+@torch.inference_mode()
+def encoder_rows(names: list[str], sizes: list[int], repeats: int, peaks: dict) -> list[dict]:
+    rows = []
+    for name in names:
+        for size in sizes:
+            ours = build_sam(name, image_size=size).eval()
+            ref = reference_encoder(name, size).eval()
+            load_resized(ref, ours.image_encoder, size)
+            x = torch.randn(1, 3, size, size)
+            gflop = count_gflops(lambda: ours.image_encoder(x))
+            t_ref = median_seconds(lambda: run_reference(ref, x), repeats=repeats)
+            t_ours = median_seconds(lambda: ours.image_encoder(x), repeats=repeats)
+
+            def ours_bf16():
+                with autocast(CPU, torch.bfloat16):
+                    return ours.image_encoder(x)
+
+            t_bf16 = median_seconds(ours_bf16, repeats=repeats)
+            diff = (ours_bf16().float() - run_reference(ref, x)).abs().max().item()
+            rows.append(
+                {
+                    "model": name,
+                    "input": size,
+                    "GFLOP": gflop,
+                    "ref fp32 s": t_ref,
+                    "ours fp32 s": t_ours,
+                    "ours bf16 s": t_bf16,
+                    "speedup fp32": t_ref / t_ours,
+                    "speedup bf16": t_ref / t_bf16,
+                    "% fp32 peak": 100 * gflop / t_ours / peaks["fp32"],
+                    "% bf16 peak": 100 * gflop / t_bf16 / peaks["bf16"],
+                    "bf16 max abs diff": diff,
+                }
+            )
+            print(rows[-1], flush=True)
+    return rows
+
+
+@torch.inference_mode()
+def decoder_rows(counts: list[int], size: int, repeats: int, peaks: dict) -> list[dict]:
+    from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
+
+    ours = build_sam("vit_t", image_size=size).eval()
+    grid = size // 16
+    ref_pe = PromptEncoder(
+        embed_dim=256, image_embedding_size=(grid, grid), input_image_size=(size, size), mask_in_chans=16
+    ).eval()
+    ref_dec = MaskDecoder(
+        num_multimask_outputs=3,
+        transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
+        transformer_dim=256,
+        iou_head_depth=3,
+        iou_head_hidden_dim=256,
+    ).eval()
+    ref_pe.load_state_dict(ours.prompt_encoder.state_dict())
+    ref_dec.load_state_dict(ours.mask_decoder.state_dict())
+    emb = torch.randn(1, 256, grid, grid)
+    rows = []
+    for n in counts:
+        pts = torch.rand(n, 1, 2) * size
+        lbl = torch.ones(n, 1, dtype=torch.int64)
+
+        def ref_call():
+            sparse, dense = ref_pe(points=(pts, lbl), boxes=None, masks=None)
+            return ref_dec(emb, ref_pe.get_dense_pe(), sparse, dense, False)
+
+        def ours_call(dtype=None):
+            with autocast(CPU, dtype):
+                return ours.decode(emb, points=(pts, lbl), multimask_output=False)
+
+        gflop = count_gflops(ref_call)
+        t_ref = median_seconds(ref_call, repeats=repeats)
+        t_ours = median_seconds(ours_call, repeats=repeats)
+        t_bf16 = median_seconds(lambda: ours_call(torch.bfloat16), repeats=repeats)
+        rows.append(
+            {
+                "input": size,
+                "prompts": n,
+                "GFLOP": gflop,
+                "ref fp32 s": t_ref,
+                "ours fp32 s": t_ours,
+                "ours bf16 s": t_bf16,
+                "speedup bf16": t_ref / t_bf16,
+                "floor bf16 s": gflop / peaks["bf16"],
+                "x floor (bf16)": t_bf16 / (gflop / peaks["bf16"]),
+                "prompts/s bf16": n / t_bf16,
+            }
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, 256 input only")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    repeats = 3 if args.quick else 5
+    peaks = {"fp32": matmul_peak_gflops(torch.float32), "bf16": matmul_peak_gflops(torch.bfloat16)}
+    print(
+        f"measured matmul peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s",
+        flush=True,
+    )
+    sizes = [256] if args.quick else [1024, 256]
+    enc = encoder_rows(["vit_t", "vit_b"], sizes, repeats, peaks)
+    dec = decoder_rows([1, 16, 64, 256], 256, repeats, peaks)
+    print("\nImage encoder, batch 1 (seconds, median):")
+    print_table(
+        enc,
+        [
+            "model",
+            "input",
+            "GFLOP",
+            "ref fp32 s",
+            "ours fp32 s",
+            "ours bf16 s",
+            "speedup fp32",
+            "speedup bf16",
+            "% fp32 peak",
+            "% bf16 peak",
+            "bf16 max abs diff",
+        ],
+    )
+    print("\nMask decoder, N single-point prompts on one embedding (seconds, median):")
+    print_table(
+        dec,
+        [
+            "input",
+            "prompts",
+            "GFLOP",
+            "ref fp32 s",
+            "ours fp32 s",
+            "ours bf16 s",
+            "speedup bf16",
+            "floor bf16 s",
+            "x floor (bf16)",
+            "prompts/s bf16",
+        ],
+    )
+    path = write_results("sam_speed", {"peak_gflops": peaks, "encoder": enc, "decoder": dec})
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()

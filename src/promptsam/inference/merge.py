@@ -1,0 +1,49 @@
+"""Turn many per-object masks into one instance map: non-maximum suppression and painting by score."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torchvision.ops import nms
+
+
+def mask_boxes(masks: np.ndarray) -> np.ndarray:
+    """Tight (x1, y1, x2, y2) boxes of (N, H, W) boolean masks, inclusive pixel edges; empty masks give zeros."""
+    n = masks.shape[0]
+    boxes = np.zeros((n, 4), np.float32)
+    rows, cols = masks.any(axis=2), masks.any(axis=1)
+    for i in range(n):
+        r, c = np.flatnonzero(rows[i]), np.flatnonzero(cols[i])
+        if r.size:
+            boxes[i] = (c[0], r[0], c[-1], r[-1])
+    return boxes
+
+
+def box_nms(boxes: np.ndarray, scores: np.ndarray, *, iou_threshold: float = 0.5) -> np.ndarray:
+    """Indices of boxes kept by greedy NMS, highest score first (torchvision's kernel)."""
+    if len(boxes) == 0:
+        return np.zeros(0, np.int64)
+    keep = nms(
+        torch.as_tensor(boxes, dtype=torch.float32),
+        torch.as_tensor(scores, dtype=torch.float32),
+        iou_threshold,
+    )
+    return keep.numpy()
+
+
+def paint_instances(masks: np.ndarray, scores: np.ndarray, *, min_area: int = 1) -> np.ndarray:
+    """Paint (N, H, W) masks into a uint32 label map in ascending score order, so higher scores win overlaps.
+
+    Ids are 1..K in descending-score order among masks that keep at least `min_area` visible pixels.
+    """
+    n = masks.shape[0]
+    labels = np.zeros(masks.shape[1:], np.uint32)
+    order = np.argsort(scores, kind="stable")
+    for rank, i in enumerate(order):
+        labels[masks[i]] = n - rank
+    # relabel to 1..K by descending score, dropping masks covered by better ones
+    ids, counts = np.unique(labels[labels > 0], return_counts=True)
+    ids = ids[counts >= min_area][::-1]
+    lut = np.zeros(n + 1, np.uint32)
+    lut[ids] = np.arange(1, len(ids) + 1, dtype=np.uint32)
+    return lut[labels]

@@ -23,8 +23,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = ("monuseg", "dsb2018", "consep")
-DEFAULTS = {"min_distance": 5, "min_area": 30, "sigma": 1.0}
-GRID = {"min_distance": (3, 5, 8), "min_area": (15, 40, 80), "sigma": (1.0, 2.0)}
+DEFAULTS = {"min_distance": 8, "min_area": 80, "sigma": 1.0}
+GRID = {"min_distance": (4, 8, 12), "min_area": (20, 80, 160), "sigma": (1.0, 2.0)}
 TABLE_KEYS = ("pq", "aji", "dice", "dq", "sq")
 
 

@@ -3,8 +3,8 @@
 State-dict keys equal MobileSAM's `image_encoder.*` keys (including the unused ImageNet `head`/`norm_head` and
 BatchNorm running statistics), so `mobile_sam.pt` loads strictly. Unlike the reference, nothing depends on an
 image size: token grids are read from the input at forward time, so any input whose sides are multiples of 64
-works.
-Window attention uses `scaled_dot_product_attention` with the learned relative bias as an additive mask.
+works. Window attention uses `scaled_dot_product_attention` with the learned relative bias as an additive mask;
+eval mode folds BatchNorm into the convs and the network runs channels-last (both exact up to fp32 rounding).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from torch import nn
 from promptsam.models.sam.common import sam_neck
 
 
-class ConvBN(nn.Sequential):
-    """Conv2d without bias followed by BatchNorm2d (keys c, bn)."""
+class ConvBN(nn.Module):
+    """Conv2d without bias followed by BatchNorm2d (keys c, bn); folded into one conv in eval mode."""
 
     def __init__(
         self, in_chans: int, out_chans: int, kernel_size: int = 1, stride: int = 1, groups: int = 1,
@@ -29,6 +29,15 @@ class ConvBN(nn.Sequential):
         self.bn = nn.BatchNorm2d(out_chans)
         nn.init.constant_(self.bn.weight, bn_weight_init)
         nn.init.zeros_(self.bn.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return self.bn(self.c(x))
+        # Eval BN is affine with running statistics: fold it into the conv (differentiable in the parameters).
+        scale = self.bn.weight * torch.rsqrt(self.bn.running_var + self.bn.eps)
+        weight = self.c.weight * scale[:, None, None, None]
+        bias = self.bn.bias - self.bn.running_mean * scale
+        return F.conv2d(x, weight, bias, self.c.stride, self.c.padding, self.c.dilation, self.c.groups)
 
 
 class PatchEmbed(nn.Module):
@@ -104,7 +113,8 @@ class Attention(nn.Module):
         # qkv columns are laid out per head as (q, k, v) blocks of head_dim each.
         qkv = self.qkv(self.norm(x)).view(b, n, self.num_heads, 3 * self.head_dim).transpose(1, 2)
         q, k, v = qkv.chunk(3, dim=-1)
-        bias = self.attention_biases[:, self.attention_bias_idxs].to(q.dtype)
+        # A 4-D mask without grad lets CPU SDPA use its fused (flash) kernel instead of the math fallback.
+        bias = self.attention_biases[:, self.attention_bias_idxs].to(q.dtype).unsqueeze(0)
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         return self.proj(x.transpose(1, 2).reshape(b, n, c))
 
@@ -226,10 +236,11 @@ class TinyViT(nn.Module):
         self.neck = sam_neck(embed_dims[-1], out_chans)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(x)
+        # Channels-last memory makes the (depthwise) convs faster on CPU and the NCHW <-> token permutes free.
+        x = self.patch_embed(x.contiguous(memory_format=torch.channels_last))
         for layer in self.layers:
             x = layer(x)
-        return self.neck(x)
+        return self.neck(x).contiguous()
 
 
 def _init_weights(m: nn.Module) -> None:

@@ -160,3 +160,21 @@ def test_official_builders_match_parameter_counts():
         with torch.device("meta"):
             n = sum(p.numel() for p in build_sam(name, image_size=256).parameters())
         assert abs(n - count) < 0.01e6, (name, n)
+
+
+@torch.no_grad()
+def test_vit_t_1024_matches_mobile_sam():
+    """MobileSAM end to end (TinyViT encoder + SAM decoder) against the reference `mobile_sam` package."""
+    mobile_sam = pytest.importorskip("mobile_sam")
+    ref = randomize_(mobile_sam.sam_model_registry["vit_t"]().eval(), seed=7).eval()  # eval() re-caches biases
+    ours = build_sam("vit_t").eval()
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    ours.eval()
+    x = torch.randn(1, 3, 1024, 1024, generator=torch.Generator().manual_seed(8))
+    emb_ref = ref.image_encoder(x)
+    emb_ours = ours.embed_images(x)
+    assert emb_ref.abs().mean() > 0.1
+    assert (emb_ours - emb_ref).abs().max() < TOL
+    assert_decoder_parity(ref, ours, emb_ref, 1024)
+    fresh = mobile_sam.sam_model_registry["vit_t"]()
+    fresh.load_state_dict(ours.state_dict(), strict=True)

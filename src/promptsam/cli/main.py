@@ -15,6 +15,8 @@ SUBCOMMANDS = {
     "demo": "promptsam.cli.demo",
     "evaluate": "promptsam.cli.evaluate",
     "data": "promptsam.cli.data",
+    "segment": "promptsam.cli.segment",
+    "train": "promptsam.cli.train",
 }
 
 

@@ -36,14 +36,28 @@ def paint_instances(masks: np.ndarray, scores: np.ndarray, *, min_area: int = 1)
 
     Ids are 1..K in descending-score order among masks that keep at least `min_area` visible pixels.
     """
-    n = masks.shape[0]
-    labels = np.zeros(masks.shape[1:], np.uint32)
+    offsets = np.zeros((len(masks), 2), np.int64)
+    return paint_crops(masks.shape[1:], list(masks), offsets, scores, min_area=min_area)[0]
+
+
+def paint_crops(
+    shape: tuple[int, int], crops: list[np.ndarray], offsets: np.ndarray, scores: np.ndarray, *, min_area: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """Paint boolean crops placed at (y, x) `offsets` into a uint32 label map of `shape`, higher scores on top.
+
+    Returns the label map (ids 1..K in descending-score order; masks left with fewer than `min_area` visible
+    pixels are dropped) and, for each id k, the index of the crop painted as k (array of length K).
+    """
+    n = len(crops)
+    labels = np.zeros(shape, np.uint32)
     order = np.argsort(scores, kind="stable")
     for rank, i in enumerate(order):
-        labels[masks[i]] = n - rank
-    # relabel to 1..K by descending score, dropping masks covered by better ones
+        y, x = offsets[i]
+        crop = crops[i]
+        region = labels[y : y + crop.shape[0], x : x + crop.shape[1]]
+        region[crop[: region.shape[0], : region.shape[1]]] = n - rank
     ids, counts = np.unique(labels[labels > 0], return_counts=True)
-    ids = ids[counts >= min_area][::-1]
+    ids = ids[counts >= min_area]  # painted value n - rank: ascending value = descending score
     lut = np.zeros(n + 1, np.uint32)
     lut[ids] = np.arange(1, len(ids) + 1, dtype=np.uint32)
-    return lut[labels]
+    return lut[labels], order[n - ids]

@@ -1,0 +1,100 @@
+"""`promptsam segment`: every nucleus of each input image, written as label TIFF, class TIFF, QuPath GeoJSON,
+CSV of measurements and an overlay PNG."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import sys
+import time
+from pathlib import Path
+
+from promptsam.errors import PromptSAMError
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("segment", help="segment nuclei in images (files, folders or globs)")
+    parser.add_argument("inputs", nargs="+", help="image files, folders of images, or glob patterns")
+    parser.add_argument("-o", "--output", required=True, help="output folder")
+    parser.add_argument("--model", default="default", help="shipped model name or model file (default: default)")
+    parser.add_argument("--device", default="auto", help="auto (GPU if available), cpu, cuda, mps")
+    parser.add_argument("--precision", default=None, help="fp32, bf16 or auto (default: the model's setting)")
+    parser.add_argument("--no-geojson", action="store_true", help="skip the QuPath GeoJSON")
+    parser.add_argument("--no-overlay", action="store_true", help="skip the overlay PNG")
+    parser.set_defaults(func=run)
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files, folders (their images) and glob patterns -> sorted unique image paths; unknown names are errors."""
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            found.append(path)
+        else:
+            hits = sorted(Path(p) for p in glob.glob(item) if Path(p).is_file())
+            if not hits:
+                raise PromptSAMError(f"{item}: no such file, folder or matching image")
+            found += hits
+    return list(dict.fromkeys(found))
+
+
+def stem(path: Path) -> str:
+    """File name without its image suffix."""
+    name = path.name
+    for suffix in IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def write_outputs(out: Path, name: str, image, result, *, geojson: bool = True, overlay: bool = True) -> list[Path]:
+    """Write the per-image files of a NucleusSegmentation; each file appears complete or not at all."""
+    from promptsam.io.geojson import write_geojson
+    from promptsam.io.images import write_labels
+    from promptsam.io.measurements import measure_instances, write_csv
+    from promptsam.io.overlay import write_overlay
+
+    written = [write_labels(out / f"{name}.labels.tif", result.labels)]
+    names = {i + 1: n for i, n in enumerate(result.class_names)}
+    if result.classes is not None:
+        written.append(write_labels(out / f"{name}.classes.tif", result.classes))
+    if geojson:
+        written.append(write_geojson(out / f"{name}.geojson", result.labels, classes=result.classes,
+                                     class_names=names, scores=result.scores))
+    rows = measure_instances(result.labels, classes=result.classes, scores=result.scores)
+    written.append(write_csv(out / f"{name}.csv", rows))
+    if overlay:
+        write_overlay(out / f"{name}.overlay.png", image, result.labels)
+        written.append(out / f"{name}.overlay.png")
+    return written
+
+
+def run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from promptsam.io.images import read_image
+    from promptsam.pretrained import load_model
+
+    paths = expand_inputs(args.inputs)
+    model = load_model(args.model, device=args.device)
+    if args.precision:
+        model.config = replace(model.config, inference=replace(model.config.inference, precision=args.precision))
+    out = Path(args.output)
+    failures = 0
+    for path in paths:
+        t0 = time.perf_counter()
+        try:
+            image = read_image(path)
+            result = model.segment(image)
+            write_outputs(out, stem(path), image, result, geojson=not args.no_geojson, overlay=not args.no_overlay)
+        except PromptSAMError as err:
+            failures += 1
+            print(f"promptsam segment: error: {err}", file=sys.stderr)
+            continue
+        print(f"{path}: {int(result.labels.max())} nuclei in {time.perf_counter() - t0:.1f} s -> {out}/{stem(path)}.*")
+    return 2 if failures else 0

@@ -1,0 +1,72 @@
+"""Typed configs from YAML presets: dataclasses filled from nested dicts, unknown keys rejected by name."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from promptsam.errors import PromptSAMError
+
+T = TypeVar("T")
+PRESETS = Path(__file__).resolve().parent / "presets"
+
+
+def from_dict(cls: type[T], data: dict[str, Any] | None, *, where: str = "config") -> T:
+    """Build dataclass `cls` from `data`, recursing into nested dataclass fields; unknown keys are an error."""
+    data = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise PromptSAMError(f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    kwargs = {}
+    for key, value in data.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            value = from_dict(hint, value, where=f"{where}.{key}")
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Plain nested dict of a dataclass config (tuples as lists), ready for YAML or a checkpoint."""
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple | list):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(config))
+
+
+def preset_path(name: str | os.PathLike) -> Path:
+    """Path of a preset given by name (`promptnucseg_cpu`) or as a YAML file path."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise PromptSAMError(f"{path}: no such preset file")
+        return path
+    candidate = PRESETS / f"{name}.yaml"
+    if not candidate.is_file():
+        known = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml")))
+        raise PromptSAMError(f"unknown preset {name!r}; known presets: {known}")
+    return candidate
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML mapping with a one-line error naming the file."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise PromptSAMError(f"{path}: cannot read YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise PromptSAMError(f"{path}: a preset must be a YAML mapping")
+    return data

@@ -1,0 +1,53 @@
+"""Training prompts for a SAM segmentor: random interior points per nucleus, K nearest nuclei as negatives."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from promptsam.inference.prompts import nearest_others, point_prompts
+
+
+class InteriorPixels:
+    """Draws uniformly random interior pixels of every instance of a label map, vectorised over instances."""
+
+    def __init__(self, labels: np.ndarray) -> None:
+        self.width = labels.shape[1]
+        flat = labels.ravel()
+        fg = np.flatnonzero(flat)
+        order = np.argsort(flat[fg], kind="stable")
+        self.pixels = fg[order]
+        self.ids, self.start, self.count = np.unique(flat[self.pixels], return_index=True, return_counts=True)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def draw(self, rng: np.random.Generator) -> np.ndarray:
+        """One random (x, y) interior pixel per instance, in the order of `ids`: (N, 2) float32."""
+        pick = self.pixels[self.start + (rng.random(len(self.ids)) * self.count).astype(np.int64)]
+        return np.stack([pick % self.width, pick // self.width], axis=1).astype(np.float32)
+
+
+def sample_point_prompts(
+    labels: np.ndarray, *, num_objects: int = 25, num_negatives: int = 1, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """PromptNucSeg's segmentor sampling (methods.md §3.3) on one instance map (H, W).
+
+    Every nucleus gets a random reference pixel; Z = min(#nuclei, num_objects) nuclei are drawn, each prompted by
+    a fresh random interior pixel (positive) and the reference pixels of its K nearest other nuclei (negatives,
+    padded with label -1). Returns coords (Z, 1+K, 2), point_labels (Z, 1+K) and boolean masks (Z, H, W).
+    """
+    pixels = InteriorPixels(labels)
+    n = len(pixels)
+    if n == 0:
+        return {
+            "coords": np.zeros((0, 1 + num_negatives, 2), np.float32),
+            "point_labels": np.zeros((0, 1 + num_negatives), np.int64),
+            "masks": np.zeros((0, *labels.shape), bool),
+        }
+    references = pixels.draw(rng)
+    chosen = rng.permutation(n)[: min(n, num_objects)]
+    positives = pixels.draw(rng)[chosen]
+    neighbours = nearest_others(references, num_negatives)[chosen]
+    coords, point_labels = point_prompts(positives, references, num_negatives, neighbours=neighbours)
+    masks = labels[None] == pixels.ids[chosen][:, None, None]
+    return {"coords": coords, "point_labels": point_labels, "masks": masks}

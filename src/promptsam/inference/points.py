@@ -1,0 +1,77 @@
+"""Prompter post-processing: prompter outputs -> per-image points, classes and scores (methods.md §3.1 step 7)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from scipy.spatial import cKDTree
+
+__all__ = ["decode_points", "point_nms"]
+
+
+def point_nms(points: np.ndarray, scores: np.ndarray, radius: float) -> np.ndarray:
+    """Greedy point NMS: visit points by descending score (stable), each kept point suppresses all others
+    within `radius` px (distance <= radius, as the official `point_nms`); return kept indices, ascending."""
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    sc = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if len(pts) != len(sc):
+        raise ValueError(f"{len(pts)} points but {len(sc)} scores")
+    if len(pts) == 0 or radius <= 0:
+        return np.arange(len(pts), dtype=np.int64)
+    order = np.argsort(-sc, kind="stable")
+    neighbours = cKDTree(pts).query_ball_point(pts, r=radius)
+    alive = np.ones(len(pts), dtype=bool)
+    for i in order.tolist():  # O(n·k): one pass, each neighbour list visited once
+        if alive[i]:
+            nb = neighbours[i]
+            alive[nb] = False
+            alive[i] = True
+    return np.flatnonzero(alive).astype(np.int64)
+
+
+def decode_points(
+    outputs: Mapping[str, torch.Tensor],
+    *,
+    image_size: tuple[int, int],
+    nms_radius: float = 12.0,
+    mask_filter: bool = True,
+    score_threshold: float = 0.0,
+) -> list[dict[str, np.ndarray]]:
+    """Turn `PointPrompter` outputs into one dict per image: points (n, 2) float32 xy, classes (n,) int64
+    (1-based, 1..C), scores (n,) float32.
+
+    Per image, as the official `predict`: clip coords to [0, w-1] x [0, h-1] of the unpadded `image_size`
+    (h, w); softmax over C+1 logits; drop anchors whose argmax is background; score = the argmax class's
+    probability (= the max foreground probability for kept anchors); keep score >= `score_threshold`
+    (ours; 0 keeps all); MAPF (`mask_filter`; off in the PanNuke configs): keep points whose aux mask logit
+    at the rounded point is > 0 (official code truncates with astype(int); we round, matching pixel-index
+    coordinates); then `point_nms` with `nms_radius` (<= 0 disables it).
+    """
+    h, w = image_size
+    coords = outputs["coords"].detach().float().cpu().numpy()
+    probs = outputs["logits"].detach().float().softmax(-1).cpu().numpy()
+    masks = outputs["mask_logits"].detach().float().cpu().numpy() if mask_filter else None
+    results = []
+    for b in range(coords.shape[0]):
+        pts = np.stack([coords[b, :, 0].clip(0, w - 1), coords[b, :, 1].clip(0, h - 1)], axis=1)
+        cls = probs[b].argmax(-1)
+        score = probs[b].max(-1)
+        keep = (cls < probs.shape[-1] - 1) & (score >= score_threshold)
+        pts, cls, score = pts[keep], cls[keep], score[keep]
+        if masks is not None and len(pts):
+            ix = np.rint(pts).astype(np.int64)
+            inside = masks[b, 0, ix[:, 1], ix[:, 0]] > 0
+            pts, cls, score = pts[inside], cls[inside], score[inside]
+        if nms_radius > 0 and len(pts):
+            kept = point_nms(pts, score, nms_radius)
+            pts, cls, score = pts[kept], cls[kept], score[kept]
+        results.append(
+            {
+                "points": pts.astype(np.float32),
+                "classes": cls.astype(np.int64) + 1,
+                "scores": score.astype(np.float32),
+            }
+        )
+    return results

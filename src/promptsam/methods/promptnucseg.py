@@ -1,0 +1,462 @@
+"""PromptNucSeg (ECCV 2024): a point prompter finds every nucleus, a fine-tuned SAM draws each one.
+
+Pipeline (methods.md §3):  image -> prompter -> points (+ classes) -> SAM segmentor, one positive point per
+nucleus with its K nearest nuclei as negatives, sliding windows -> merge (best candidate per prompt, box NMS,
+paint by score) -> instance map (+ class map).
+
+The two models are trained separately, as in the paper (`PrompterTask`, `SegmentorTask`, driven by Lightning in
+`promptsam.training`); `PromptNucSeg` bundles both for inference and is saved as one file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from promptsam.config import from_dict, load_yaml, preset_path, to_dict
+from promptsam.data.sampling import sample_point_prompts
+from promptsam.data.targets import nucleus_points
+from promptsam.device import autocast, pick_device, resolve_precision
+from promptsam.errors import CheckpointError
+from promptsam.inference.point_segmentation import merge_candidates, segment_points
+from promptsam.inference.points import decode_points
+from promptsam.inference.preprocess import to_rgb255
+from promptsam.losses.prompter import prompter_loss
+from promptsam.losses.segmentor import segmentor_loss
+from promptsam.metrics import detection_scores, score_instances
+from promptsam.models import build_sam
+from promptsam.models.adapters import add_lora
+from promptsam.models.prompter import PointPrompter, pad_to_multiple
+from promptsam.models.sam.sam import PIXEL_MEAN, PIXEL_STD
+
+
+# ----------------------------------------------------------------------------------------------- configuration
+@dataclass(frozen=True)
+class PrompterConfig:
+    """The point prompter and its training recipe (§3.1-3.2, §3.6)."""
+
+    backbone: str = "convnext_small"
+    backbone_weights: str | None = None
+    num_classes: int = 1
+    anchor_spacing: int = 16
+    fpn_channels: int = 256
+    num_levels: int = 4
+    alpha: float = 0.1  # matching cost weight of the point distance
+    beta: float = 0.2  # background class weight (eos_coef)
+    gamma: float = 5e-3  # regression weight
+    nms_radius: float = 12.0
+    mask_filter: bool = True  # MAPF: on for Kumar/CPM-17, off in the PanNuke configs
+    crop: int = 256
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    grad_clip: float = 0.1
+
+
+@dataclass(frozen=True)
+class SegmentorConfig:
+    """The SAM segmentor and its training recipe (§3.3)."""
+
+    sam: str = "vit_b"
+    checkpoint: str | None = None  # official SAM / MobileSAM file to start from; None = from scratch
+    image_size: int = 256
+    num_objects: int = 25  # Z prompts per training image
+    num_negatives: int = 0  # K: the released configs use 0, the paper's full model 1
+    focal_weight: float = 20.0
+    peft: str | None = None  # None = full fine-tuning (paper); "lora" = LoRA on the encoder's attention
+    lora_rank: int = 4
+    batch_size: int = 4
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """Sliding-window inference and merging (§3.4)."""
+
+    overlap: int = 64
+    nms_iou: float = 0.3
+    also_without_negatives: bool = True  # with K > 0, keep a second candidate decoded without negatives
+    precision: str = "auto"  # fp32 | bf16 | auto (bf16 where the hardware has it)
+    min_area: int = 4
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """How long and how often: per stage (prompter, segmentor)."""
+
+    max_epochs: int = 200
+    max_minutes: float | None = None
+    val_every: int = 5
+    samples_per_epoch: int | None = None  # None = one random crop per training image
+    precision: str = "auto"  # Lightning precision: auto -> bf16-mixed on bf16 hardware, else 32
+    seed: int = 2024
+
+
+@dataclass(frozen=True)
+class PromptNucSegConfig:
+    """Everything that defines a PromptNucSeg model and its training."""
+
+    name: str = "promptnucseg"
+    class_names: tuple[str, ...] = ("nucleus",)
+    prompter: PrompterConfig = field(default_factory=PrompterConfig)
+    segmentor: SegmentorConfig = field(default_factory=SegmentorConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+
+def load_config(preset: str | os.PathLike, overrides: dict[str, Any] | None = None) -> PromptNucSegConfig:
+    """Config of a preset name (`promptnucseg_cpu`, `promptnucseg_kumar`, ...) or YAML file, with overrides."""
+    path = preset_path(preset)
+    data = load_yaml(path)
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return from_dict(PromptNucSegConfig, data, where=str(path))
+
+
+# -------------------------------------------------------------------------------------------------- the model
+@dataclass
+class NucleusSegmentation:
+    """Result of segmenting one image: instance map, class map (or None), and per-instance prompt data."""
+
+    labels: np.ndarray  # (H, W) uint32, 0 = background, 1..N
+    classes: np.ndarray | None  # (H, W) uint8 class ids, 0 = background; None for class-agnostic models
+    points: np.ndarray  # (N, 2) (x, y) prompt of instance i+1
+    point_classes: np.ndarray  # (N,) class id of instance i+1
+    scores: np.ndarray  # (N,) predicted IoU of instance i+1
+    class_names: tuple[str, ...] = ()
+
+
+def build_prompter(cfg: PrompterConfig) -> PointPrompter:
+    """The point prompter described by `cfg`."""
+    return PointPrompter(
+        backbone=cfg.backbone,
+        backbone_weights=cfg.backbone_weights,
+        num_classes=cfg.num_classes,
+        anchor_spacing=cfg.anchor_spacing,
+        fpn_channels=cfg.fpn_channels,
+        num_levels=cfg.num_levels,
+    )
+
+
+def build_segmentor(cfg: SegmentorConfig) -> nn.Module:
+    """The SAM segmentor described by `cfg` (official weights loaded when `cfg.checkpoint` is set)."""
+    sam = build_sam(cfg.sam, checkpoint=cfg.checkpoint, image_size=cfg.image_size)
+    if cfg.peft == "lora":
+        add_lora(sam.image_encoder, rank=cfg.lora_rank)
+    elif cfg.peft is not None:
+        raise ValueError(f"unknown peft method {cfg.peft!r}; use 'lora' or none")
+    return sam
+
+
+def normalize_images(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) 0-255 float -> ImageNet/SAM-normalised."""
+    mean = torch.tensor(PIXEL_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(PIXEL_STD, device=images.device).view(1, 3, 1, 1)
+    return (images - mean) / std
+
+
+class PromptNucSeg(nn.Module):
+    """Prompter + SAM segmentor: `segment(image)` gives every nucleus as an instance, with no manual prompts."""
+
+    def __init__(self, config: PromptNucSegConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.prompter = build_prompter(config.prompter)
+        self.segmentor = build_segmentor(config.segmentor)
+
+    # ---- step 1: prompts
+    @torch.inference_mode()
+    def find_prompts(self, image: np.ndarray, *, autocast_dtype: torch.dtype | None = None) -> dict[str, np.ndarray]:
+        """Points (N, 2) (x, y), classes (N,) and scores (N,) of every nucleus the prompter finds in a 0-255 image."""
+        device = next(self.prompter.parameters()).device
+        x = normalize_images(torch.from_numpy(image).permute(2, 0, 1)[None].float().to(device))
+        x, _ = pad_to_multiple(x, max(32, self.config.prompter.anchor_spacing))
+        with autocast(device, autocast_dtype):
+            outputs = self.prompter(x)
+        outputs = {k: v.float() for k, v in outputs.items()}
+        cfg = self.config.prompter
+        return decode_points(outputs, image_size=image.shape[:2], nms_radius=cfg.nms_radius,
+                             mask_filter=cfg.mask_filter)[0]
+
+    # ---- steps 2-3: SAM draws each prompt, then merge
+    @torch.inference_mode()
+    def segment(self, image: np.ndarray, *, points: np.ndarray | None = None,
+                point_classes: np.ndarray | None = None) -> NucleusSegmentation:
+        """Segment every nucleus of an (H, W) or (H, W, 3) image of any dtype; `points` skips the prompter."""
+        rgb = to_rgb255(image)
+        device = next(self.parameters()).device
+        dtype = resolve_precision(self.config.inference.precision, device)
+        if points is None:
+            prompts = self.find_prompts(rgb, autocast_dtype=dtype)
+            points, point_classes = prompts["points"], prompts["classes"]
+        points = np.asarray(points, np.float32).reshape(-1, 2)
+        point_classes = np.ones(len(points), np.int64) if point_classes is None else np.asarray(point_classes)
+        inf = self.config.inference
+        candidates = segment_points(
+            self.segmentor, rgb, points, overlap=inf.overlap, num_negatives=self.config.segmentor.num_negatives,
+            also_without_negatives=inf.also_without_negatives, autocast_dtype=dtype,
+        )
+        labels, painted = merge_candidates(candidates, rgb.shape[:2], nms_iou=inf.nms_iou, min_area=inf.min_area)
+        owner = candidates.prompt_index[painted]
+        cls = point_classes[owner].astype(np.uint8)
+        classes = None
+        if self.config.prompter.num_classes > 1:
+            classes = np.concatenate([[0], cls]).astype(np.uint8)[labels]
+        return NucleusSegmentation(labels=labels, classes=classes, points=points[owner], point_classes=cls,
+                                   scores=candidates.scores[painted], class_names=self.config.class_names)
+
+    # ---- one file holds the config and both models
+    def save(self, path: str | os.PathLike, *, dtype: torch.dtype | None = None) -> Path:
+        """Save config and weights (optionally cast to `dtype`, e.g. bf16 to halve the size) atomically."""
+        from promptsam.io.atomic import atomic_path
+
+        def cast(sd: dict) -> dict:
+            return {k: v.to(dtype) if dtype is not None and v.is_floating_point() else v for k, v in sd.items()}
+
+        payload = {
+            "format": "promptsam.promptnucseg/1",
+            "config": to_dict(self.config),
+            "prompter": cast(self.prompter.state_dict()),
+            "segmentor": cast(self.segmentor.state_dict()),
+        }
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, device: str | torch.device = "auto") -> PromptNucSeg:
+        """Load a model saved by `save`, with one-line errors for anything else."""
+        from promptsam.models.checkpoint import check_state_dict
+
+        path = Path(path)
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise CheckpointError(f"{path}: no such model file") from None
+        except Exception as err:
+            raise CheckpointError(f"{path}: not a readable promptsam model ({str(err).splitlines()[0][:120]})") from None
+        if not isinstance(payload, dict) or payload.get("format") != "promptsam.promptnucseg/1":
+            raise CheckpointError(f"{path}: not a promptsam PromptNucSeg model file")
+        config = from_dict(PromptNucSegConfig, payload["config"], where=str(path))
+        model = cls(_without_weights(config))
+        for part in ("prompter", "segmentor"):
+            state = {k: v.float() if v.is_floating_point() else v for k, v in payload[part].items()}
+            check_state_dict(getattr(model, part), state, source=f"{path} [{part}]")
+            getattr(model, part).load_state_dict(state, strict=True)
+        return model.to(pick_device(device)).eval()
+
+
+def _without_weights(config: PromptNucSegConfig) -> PromptNucSegConfig:
+    """The same config with external weight paths dropped (weights come from the model file instead)."""
+    from dataclasses import replace
+
+    return replace(config, prompter=replace(config.prompter, backbone_weights=None),
+                   segmentor=replace(config.segmentor, checkpoint=None))
+
+
+# -------------------------------------------------------------------------------------------------- training
+def _to_tensor_images(samples: list[dict]) -> torch.Tensor:
+    images = np.stack([s["image"] for s in samples]).astype(np.float32)
+    return normalize_images(torch.from_numpy(images).permute(0, 3, 1, 2))
+
+
+class PrompterCollate:
+    """Batch of augmented crops -> normalised images and per-image point/class/mask targets."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+
+    def __call__(self, samples: list[dict]) -> dict[str, Any]:
+        return collate_prompter(samples, use_classes=self.num_classes > 1)
+
+
+def collate_prompter(samples: list[dict], *, use_classes: bool = False) -> dict[str, Any]:
+    """Batch of augmented crops -> normalised images and per-image point/class/mask targets."""
+    targets = []
+    for s in samples:
+        pts, cls = nucleus_points(s["label"], s.get("classes") if use_classes else None)
+        targets.append({
+            "points": torch.from_numpy(pts).float(),
+            "classes": torch.from_numpy(cls).long() - 1,  # prompter classes are 0-based, background last
+            "mask": torch.from_numpy(s["label"] > 0).float(),
+        })
+    return {"images": _to_tensor_images(samples), "targets": targets}
+
+
+class SegmentorCollate:
+    """Batch of augmented crops -> images and the concatenated point prompts of all crops (with image_index)."""
+
+    def __init__(self, num_objects: int, num_negatives: int, seed: int = 0) -> None:
+        self.num_objects, self.num_negatives = num_objects, num_negatives
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, samples: list[dict]) -> dict[str, Any]:
+        parts = [sample_point_prompts(s["label"], num_objects=self.num_objects, num_negatives=self.num_negatives,
+                                      rng=self.rng) for s in samples]
+        index = np.concatenate([np.full(len(p["coords"]), i) for i, p in enumerate(parts)])
+        return {
+            "images": _to_tensor_images(samples),
+            "coords": torch.from_numpy(np.concatenate([p["coords"] for p in parts])),
+            "point_labels": torch.from_numpy(np.concatenate([p["point_labels"] for p in parts])),
+            "masks": torch.from_numpy(np.concatenate([p["masks"] for p in parts])),
+            "image_index": torch.from_numpy(index).long(),
+        }
+
+
+class _Task(L.LightningModule):
+    """Shared optimiser set-up and validation bookkeeping of the two training stages."""
+
+    def __init__(self, config: PromptNucSegConfig, model: PromptNucSeg) -> None:
+        super().__init__()
+        self.config = config
+        self.model = model
+        self._val_rows: list[dict[str, float]] = []
+
+    def configure_optimizers(self):
+        lr, wd = self._lr_wd()
+        params = [p for p in self.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_rows = []
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_rows:
+            return
+        for key in self._val_rows[0]:
+            values = [r[key] for r in self._val_rows if np.isfinite(r[key])]
+            if values:
+                self.log(f"val/{key}", float(np.mean(values)), prog_bar=key in ("pq", "f1"))
+
+
+class PrompterTask(_Task):
+    """Trains the point prompter: Hungarian-matched classification + regression + auxiliary mask loss."""
+
+    def __init__(self, config: PromptNucSegConfig, model: PromptNucSeg) -> None:
+        super().__init__(config, model)
+        model.prompter.requires_grad_(True)
+        model.segmentor.requires_grad_(False)
+
+    def _lr_wd(self) -> tuple[float, float]:
+        return self.config.prompter.lr, self.config.prompter.weight_decay
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        cfg = self.config.prompter
+        outputs = self.model.prompter(batch["images"])
+        losses = prompter_loss({k: v.float() for k, v in outputs.items()}, batch["targets"], alpha=cfg.alpha,
+                               beta=cfg.beta, gamma=cfg.gamma)
+        self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=False, batch_size=len(batch["targets"]))
+        return losses["loss"]
+
+    def validation_step(self, sample: dict, batch_idx: int) -> None:
+        image = to_rgb255(sample["image"])
+        gt_points, _ = nucleus_points(sample["label"], None)
+        pred = self.model.find_prompts(image)
+        scores = detection_scores(gt_points, pred["points"], pred_scores=pred["scores"], radius=12.0)
+        self._val_rows.append({"f1": scores["f1"], "precision": scores["precision"], "recall": scores["recall"]})
+
+
+class SegmentorTask(_Task):
+    """Trains the SAM segmentor on point prompts with the prompt encoder frozen (§3.3)."""
+
+    def __init__(self, config: PromptNucSegConfig, model: PromptNucSeg) -> None:
+        super().__init__(config, model)
+        model.prompter.requires_grad_(False)
+        sam = model.segmentor
+        if config.segmentor.peft == "lora":  # only the adapters train in the encoder
+            for name, param in sam.image_encoder.named_parameters():
+                param.requires_grad_("lora_" in name)
+        else:
+            sam.image_encoder.requires_grad_(True)
+        sam.mask_decoder.requires_grad_(True)
+        sam.prompt_encoder.requires_grad_(False)  # frozen, as in the paper
+
+    def _lr_wd(self) -> tuple[float, float]:
+        return self.config.segmentor.lr, self.config.segmentor.weight_decay
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        sam = self.model.segmentor
+        embeddings = sam.embed_images(batch["images"])
+        low, iou = sam.decode(embeddings, points=(batch["coords"], batch["point_labels"]),
+                              image_index=batch["image_index"])
+        size = batch["images"].shape[-1]
+        logits = F.interpolate(low.float(), (size, size), mode="bilinear", align_corners=False)[:, 0]
+        losses = segmentor_loss(logits, batch["masks"], iou[:, 0], focal_weight=self.config.segmentor.focal_weight)
+        self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=len(batch["images"]))
+        return losses["loss"]
+
+    def validation_step(self, sample: dict, batch_idx: int) -> None:
+        """Segmentor alone: GT nucleus points as prompts, scored with PQ/AJI/Dice against the GT instances."""
+        gt_points, _ = nucleus_points(sample["label"], None)
+        result = self.model.segment(sample["image"], points=gt_points)
+        scores = score_instances(sample["label"], result.labels)
+        self._val_rows.append({k: scores[k] for k in ("pq", "aji", "dice", "dq", "sq")})
+
+
+def train_promptnucseg(
+    config: PromptNucSegConfig,
+    data: list[str],
+    val: list[str],
+    out: str | os.PathLike,
+    *,
+    stages: tuple[str, ...] = ("prompter", "segmentor"),
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train the prompter and/or the segmentor into run folder `out`, then export `out/model.pt`."""
+    from promptsam.data.transforms import training_transforms
+    from promptsam.training import CropDataset, fit_stage, gather_samples, load_task_weights
+
+    out = Path(out)
+    L.seed_everything(config.training.seed, workers=True)
+    train_samples, val_samples = gather_samples(data, val)
+    model = PromptNucSeg(config)
+    model_file = out / "model.pt"
+    if model_file.is_file():  # later stages start from the weights of earlier ones
+        previous = PromptNucSeg.load(model_file, device="cpu")
+        model.prompter.load_state_dict(previous.prompter.state_dict())
+        model.segmentor.load_state_dict(previous.segmentor.state_dict())
+    tcfg = config.training
+    summary: dict[str, Any] = {"train_images": len(train_samples), "val_images": len(val_samples)}
+    for stage in stages:
+        if stage == "prompter":
+            task = PrompterTask(config, model)
+            crop, batch, monitor = config.prompter.crop, config.prompter.batch_size, "val/f1"
+            collate = PrompterCollate(config.prompter.num_classes)
+            clip = config.prompter.grad_clip
+        else:
+            task = SegmentorTask(config, model)
+            crop, batch, monitor, clip = config.segmentor.image_size, config.segmentor.batch_size, "val/pq", None
+            collate = SegmentorCollate(config.segmentor.num_objects, config.segmentor.num_negatives, tcfg.seed)
+        train_ds = CropDataset(train_samples, training_transforms(crop, seed=tcfg.seed),
+                               length=tcfg.samples_per_epoch, seed=tcfg.seed)
+        best = fit_stage(task, train_ds, val_samples, collate=collate, batch_size=batch, stage_dir=out / stage,
+                         monitor=monitor, max_epochs=tcfg.max_epochs, max_minutes=tcfg.max_minutes,
+                         val_every=tcfg.val_every, precision=tcfg.precision, grad_clip=clip, progress=progress)
+        load_task_weights(task, best)
+        _save_stage(model, stage, model_file)
+        summary[stage] = {"checkpoint": str(best) if best else None}
+    return summary
+
+
+def _save_stage(model: PromptNucSeg, stage: str, model_file: Path) -> None:
+    """Write `model_file` with this stage's part from `model` and the other part from the file as it is now on disk
+    (so the two stages can train concurrently, in two processes, into one run folder)."""
+    if model_file.is_file():
+        current = PromptNucSeg.load(model_file, device="cpu")
+        getattr(current, stage).load_state_dict(getattr(model, stage).state_dict())
+        current.save(model_file)
+    else:
+        model.save(model_file)

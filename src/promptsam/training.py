@@ -1,0 +1,143 @@
+"""Training plumbing shared by the methods: data assembly, in-memory crop datasets and a Lightning run folder.
+
+A run folder holds one sub-folder per stage (`prompter/`, `segmentor/`, ...) with Lightning checkpoints
+(`checkpoints/best.ckpt`, `checkpoints/last.ckpt`), `metrics.csv` and TensorBoard events; re-running the same
+command resumes from `last.ckpt`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch.utils.data import DataLoader, Dataset
+
+from promptsam.data.layout import NucleusDataset, Sample, list_samples
+from promptsam.data.splits import VAL
+from promptsam.device import cpu_supports_bf16
+from promptsam.errors import InputError
+
+
+def gather_samples(data: Sequence[str | os.PathLike], val: Sequence[str | os.PathLike] = ()) -> tuple[
+        list[Sample], list[Sample]]:
+    """Training and validation cases: every `data` folder's train split, minus the frozen validation cases of
+    known development datasets (promptsam.data.splits) when no `val` folders are given."""
+    train: list[Sample] = []
+    held: list[Sample] = []
+    for folder in data:
+        samples = list_samples(folder, "train")
+        frozen = set(VAL.get(Path(folder).name, ())) if not val else set()
+        train += [s for s in samples if s.name not in frozen]
+        held += [s for s in samples if s.name in frozen]
+    for folder in val:
+        held += list_samples(folder, "val") if (Path(folder) / "val").is_dir() else list_samples(folder, "train")
+    if not train:
+        raise InputError(f"no training images found in {', '.join(map(str, data))}")
+    return train, held
+
+
+class CropDataset(Dataset):
+    """Random augmented crops of images held in memory; images are drawn with weight ~ sqrt(area) per epoch."""
+
+    def __init__(self, samples: Sequence[Sample], transform: Callable[[dict], dict], *, length: int | None = None,
+                 seed: int = 0) -> None:
+        source = NucleusDataset(list(samples))
+        self.items = [source[i] for i in range(len(source))]
+        areas = np.array([it["image"].shape[0] * it["image"].shape[1] for it in self.items], np.float64)
+        self.weights = np.sqrt(areas / 65536.0)
+        self.weights /= self.weights.sum()
+        self.length = length or len(self.items)
+        self.transform = transform
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.items[self.rng.choice(len(self.items), p=self.weights)]
+        return self.transform({k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in item.items()})
+
+
+class _Whole(Dataset):
+    """Validation images, whole, one per step."""
+
+    def __init__(self, samples: Sequence[Sample]) -> None:
+        self.source = NucleusDataset(list(samples))
+        self.cache: dict[int, dict] = {}
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> dict:
+        if i not in self.cache:
+            self.cache[i] = self.source[i]
+        return self.cache[i]
+
+
+def lightning_precision(precision: str) -> str:
+    """Lightning precision flag for `auto` (bf16-mixed on GPUs and bf16-capable CPUs, else 32) or as given."""
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "bf16-mixed" if cpu_supports_bf16() else "32-true"
+
+
+def fit_stage(
+    task: L.LightningModule,
+    train: Dataset,
+    val: Sequence[Sample],
+    *,
+    collate: Callable[[list], Any],
+    batch_size: int,
+    stage_dir: str | os.PathLike,
+    monitor: str,
+    max_epochs: int,
+    max_minutes: float | None = None,
+    val_every: int = 5,
+    precision: str = "auto",
+    grad_clip: float | None = None,
+    progress: bool = True,
+) -> Path | None:
+    """Train `task` into `stage_dir` (resuming from its last.ckpt) and return the best checkpoint's path."""
+    stage_dir = Path(stage_dir)
+    ckpt_dir = stage_dir / "checkpoints"
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode="max", save_last=True,
+                                 save_top_k=1 if val else 0)
+    trainer = L.Trainer(
+        default_root_dir=stage_dir,
+        accelerator="auto",
+        devices=1,
+        precision=lightning_precision(precision),
+        max_epochs=max_epochs,
+        max_time={"minutes": max_minutes} if max_minutes else None,
+        check_val_every_n_epoch=val_every,
+        num_sanity_val_steps=0,
+        gradient_clip_val=grad_clip,
+        callbacks=[checkpoint],
+        logger=[CSVLogger(stage_dir, name="", version=""), TensorBoardLogger(stage_dir, name="tb", version="")],
+        log_every_n_steps=5,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+    )
+    train_loader = DataLoader(train, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=0)
+    val_loader = DataLoader(_Whole(val), batch_size=None, num_workers=0) if val else None
+    last = ckpt_dir / "last.ckpt"
+    trainer.fit(task, train_loader, val_loader, ckpt_path=str(last) if last.is_file() else None)
+    best = ckpt_dir / "best.ckpt"
+    return best if best.is_file() else (last if last.is_file() else None)
+
+
+def load_task_weights(task: L.LightningModule, checkpoint: str | os.PathLike | None) -> None:
+    """Load the weights of a Lightning checkpoint into `task` (no-op for None)."""
+    if checkpoint is None:
+        return
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    task.load_state_dict(state, strict=True)

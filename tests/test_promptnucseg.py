@@ -1,0 +1,192 @@
+"""PromptNucSeg end to end: sampling, tiling, merging, a tiny model that learns, and the segment CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from promptsam.cli.main import main
+from promptsam.data.sampling import sample_point_prompts
+from promptsam.inference.merge import paint_crops
+from promptsam.inference.point_segmentation import Candidates, merge_candidates
+from promptsam.inference.prompts import nearest_others, point_prompts
+from promptsam.inference.tiling import assign_points, tile, tile_starts
+from promptsam.io.images import read_image, read_labels
+from promptsam.methods.promptnucseg import PromptNucSeg, SegmentorCollate, SegmentorTask, load_config
+from promptsam.metrics import score_instances
+
+
+# ---------------------------------------------------------------------------------------------- building blocks
+def test_tile_starts_snap_last_window_to_the_border():
+    assert tile_starts(1000, 256, 64) == [0, 192, 384, 576, 744]
+    assert tile_starts(200, 256, 64) == [0]
+    assert tile_starts(256, 256, 64) == [0]
+    assert len(tile((1000, 700), size=256, overlap=64)) == 5 * 4
+
+
+def test_points_go_to_the_window_where_they_are_most_central():
+    corners = tile((512, 512), size=256, overlap=64)  # starts 0, 192, 256 per axis
+    owner = assign_points(np.array([[10, 10], [300, 20], [500, 500]], np.float32), corners, 256)
+    assert [tuple(corners[o]) for o in owner] == [(0, 0), (0, 192), (256, 256)]
+
+
+def test_k_nearest_negatives_with_padding():
+    pts = np.array([[0, 0], [10, 0], [0, 30], [100, 100]], np.float32)
+    assert nearest_others(pts, 2).tolist() == [[1, 2], [0, 2], [0, 1], [2, 1]]
+    coords, labels = point_prompts(pts[:2], pts[:2], 2)  # only one other point exists: pad the second
+    assert labels.tolist() == [[1, 0, -1], [1, 0, -1]]
+    assert coords[0, 1].tolist() == [10, 0] and coords[0, 2].tolist() == [0, 0]
+
+
+def test_segmentor_sampling_prompts_lie_inside_their_nucleus():
+    labels = np.zeros((64, 64), np.uint16)
+    labels[5:15, 5:15], labels[30:40, 30:50], labels[50:60, 2:8] = 1, 2, 3
+    out = sample_point_prompts(labels, num_objects=2, num_negatives=1, rng=np.random.default_rng(0))
+    assert out["coords"].shape == (2, 2, 2) and out["masks"].shape == (2, 64, 64)
+    for coords, lab, mask in zip(out["coords"], out["point_labels"], out["masks"], strict=True):
+        x, y = coords[0].astype(int)
+        assert lab[0] == 1 and mask[y, x]  # positive inside its own nucleus
+        nx, ny = coords[1].astype(int)
+        assert lab[1] == 0 and labels[ny, nx] > 0 and not mask[ny, nx]  # negative inside another nucleus
+
+
+def test_merge_keeps_best_candidate_per_prompt_and_suppresses_overlaps():
+    square = np.ones((10, 10), bool)
+    cands = Candidates(
+        crops=[square, square, square, square[:5]],
+        offsets=np.array([[0, 0], [1, 1], [40, 40], [2, 2]]),
+        scores=np.array([0.9, 0.8, 0.7, 0.95], np.float32),
+        prompt_index=np.array([0, 1, 2, 0]),  # prompt 0 has two candidates: the 0.95 one wins
+    )
+    labels, painted = merge_candidates(cands, (64, 64), nms_iou=0.3)
+    # prompt 1's box overlaps prompt 0's best (IoU > 0.3) and scores lower: suppressed
+    assert labels.max() == 2
+    assert sorted(cands.prompt_index[painted].tolist()) == [0, 2]
+    assert (labels == 1).sum() == 50  # the 5x10 crop of the best candidate, painted first (highest score)
+
+
+def test_paint_crops_higher_score_wins_overlap():
+    a, b = np.ones((4, 4), bool), np.ones((4, 4), bool)
+    labels, painted = paint_crops((8, 8), [a, b], np.array([[0, 0], [2, 2]]), np.array([0.2, 0.9]))
+    assert labels[3, 3] == 1 and painted.tolist() == [1, 0]
+    assert (labels == 2).sum() == 12
+
+
+# ------------------------------------------------------------------------------------------------ a tiny model
+def tiny_config():
+    return load_config("promptnucseg_cpu", {
+        "prompter.backbone": "resnet18", "prompter.fpn_channels": 32, "prompter.num_levels": 2,
+        "inference.precision": "fp32", "segmentor.lr": 1e-3,
+    })
+
+
+@pytest.fixture(scope="module")
+def crops(shared_data):
+    """Two real CoNSeP crops with many nuclei, read in place."""
+    names = ["train_10_002", "train_13_006"]
+    root = shared_data / "consep" / "train"
+    return [{"image": read_image(root / "images" / f"{n}.png"), "label": read_labels(root / "labels" / f"{n}.tif")}
+            for n in names]
+
+
+@pytest.fixture(scope="module")
+def trained(crops):
+    """A PromptNucSeg whose segmentor was trained for a few dozen steps on two real crops."""
+    torch.manual_seed(0)
+    config = tiny_config()
+    model = PromptNucSeg(config)
+    task = SegmentorTask(config, model)
+    opt = task.configure_optimizers()
+    collate = SegmentorCollate(num_objects=16, num_negatives=1, seed=0)
+    losses = []
+    for step in range(40):
+        batch = collate([dict(c) for c in crops])
+        loss = task.training_step(batch, step)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    model.eval()
+    return model, losses
+
+
+def test_segmentor_learns_on_real_crops(crops, trained):
+    model, losses = trained
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
+    untrained = PromptNucSeg(tiny_config()).eval()
+    from promptsam.data.targets import nucleus_points
+
+    for crop in crops:
+        points, _ = nucleus_points(crop["label"])
+        before = score_instances(crop["label"], untrained.segment(crop["image"], points=points).labels)["pq"]
+        after = score_instances(crop["label"], model.segment(crop["image"], points=points).labels)["pq"]
+        assert after > before + 0.2, (before, after)
+
+
+def test_model_file_round_trip(trained, tmp_path):
+    model, _ = trained
+    path = model.save(tmp_path / "m.pt")
+    again = PromptNucSeg.load(path, device="cpu")
+    for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------- the segment CLI
+def test_segment_cli_writes_five_valid_outputs(trained, crops, tmp_path, shared_data, capsys):
+    shapely = pytest.importorskip("shapely.geometry")
+    model, _ = trained
+    model_file = model.save(tmp_path / "model.pt")
+    image = shared_data / "consep" / "train" / "images" / "train_10_002.png"
+    out = tmp_path / "out"
+    # the trained prompter is untrained here: feed it a model whose prompter we do not rely on, by checking files
+    assert main(["segment", str(image), "-o", str(out), "--model", str(model_file), "--device", "cpu"]) == 0
+    stem = "train_10_002"
+    for suffix in (".labels.tif", ".geojson", ".csv", ".overlay.png"):
+        assert (out / f"{stem}{suffix}").is_file(), suffix
+    labels = read_labels(out / f"{stem}.labels.tif")
+    features = json.loads((out / f"{stem}.geojson").read_text())["features"]
+    assert len(features) == labels.max()
+    for f in features:
+        geom = shapely.shape(f["geometry"])
+        assert geom.is_valid and f["properties"]["objectType"] == "detection"
+    rows = (out / f"{stem}.csv").read_text().splitlines()
+    assert len(rows) == labels.max() + 1
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+@pytest.mark.parametrize("case", ["unreadable", "rgba", "tiny", "empty"])
+def test_segment_cli_bad_inputs_one_line_no_outputs(case, trained, tmp_path, capsys):
+    from PIL import Image
+
+    model, _ = trained
+    model_file = model.save(tmp_path / "model.pt")
+    bad = tmp_path / f"{case}.png"
+    if case == "unreadable":
+        bad.write_bytes(b"this is not a png")
+    elif case == "rgba":
+        rgba = np.zeros((32, 32, 4), np.uint8)
+        rgba[..., 3] = 128  # translucent: dropping alpha would change the image
+        Image.fromarray(rgba).save(bad)
+    elif case == "tiny":
+        Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(bad)
+    else:
+        bad.write_bytes(b"")
+    out = tmp_path / "out"
+    code = main(["segment", str(bad), "-o", str(out), "--model", str(model_file), "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0
+    assert len(err) == 1 and str(bad) in err[0]
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_segment_cli_wrong_model_file(tmp_path, capsys, shared_data):
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"not": torch.zeros(1)}, wrong)
+    image = shared_data / "consep" / "train" / "images" / "train_10_002.png"
+    code = main(["segment", str(image), "-o", str(tmp_path / "out"), "--model", str(wrong)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and str(wrong) in err[0]
+    assert not (tmp_path / "out").exists()

@@ -12,14 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
-from collections.abc import Callable
+import sys
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import median_seconds  # noqa: E402
 from promptsam.metrics import aji, aji_plus, object_metrics, panoptic_quality, score_instances
 
 HERE = Path(__file__).resolve().parent
@@ -59,17 +59,6 @@ def perturb(rng: np.random.Generator, lab: np.ndarray) -> np.ndarray:
     return pred
 
 
-def median_time(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time in seconds over `repeats` calls (after one warm-up call)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def main() -> None:
     """Run the benchmark, print a table and write the JSON result."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -97,12 +86,12 @@ def main() -> None:
             "shape": list(gt.shape),
             "n_gt": int(scores["n_gt"]),
             "n_pred": int(scores["n_pred"]),
-            "score_instances_s": median_time(lambda g=gt, p=pred: score_instances(g, p), args.repeats),
-            "aji_s": median_time(lambda g=gt, p=pred: aji(g, p), args.repeats),
-            "aji_plus_s": median_time(lambda g=gt, p=pred: aji_plus(g, p), args.repeats),
-            "pq_s": median_time(lambda g=gt, p=pred: panoptic_quality(g, p), args.repeats),
-            "object_metrics_s": median_time(
-                lambda g=gt, p=pred: object_metrics(g, p), max(1, args.repeats // 2)
+            "score_instances_s": median_seconds(lambda g=gt, p=pred: score_instances(g, p), repeats=args.repeats),
+            "aji_s": median_seconds(lambda g=gt, p=pred: aji(g, p), repeats=args.repeats),
+            "aji_plus_s": median_seconds(lambda g=gt, p=pred: aji_plus(g, p), repeats=args.repeats),
+            "pq_s": median_seconds(lambda g=gt, p=pred: panoptic_quality(g, p), repeats=args.repeats),
+            "object_metrics_s": median_seconds(
+                lambda g=gt, p=pred: object_metrics(g, p), repeats=max(1, args.repeats // 2)
             ),
             "scores": {k: round(v, 6) for k, v in scores.items()},
         }

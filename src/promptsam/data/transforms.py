@@ -126,7 +126,7 @@ class GaussianNoise:
 
 
 class RandomScale:
-    """Rescale image and maps by a factor in `scale` (bilinear / nearest), probability p: robustness to magnification."""
+    """Rescale image and maps by a factor in `scale` (bilinear / nearest) with probability p (magnification)."""
 
     def __init__(self, scale: tuple[float, float] = (0.8, 1.25), p: float = 0.3) -> None:
         self.scale, self.p = scale, p

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from promptsam.device import autocast
 from promptsam.inference.merge import box_nms, paint_crops
-from promptsam.inference.prompts import nearest_others, point_prompts
+from promptsam.inference.prompts import point_prompts
 from promptsam.inference.tiling import assign_points, tile
 from promptsam.models.sam.prompt_encoder import PADDING
 from promptsam.models.sam.sam import Sam

@@ -247,7 +247,8 @@ class PromptNucSeg(nn.Module):
         except FileNotFoundError:
             raise CheckpointError(f"{path}: no such model file") from None
         except Exception as err:
-            raise CheckpointError(f"{path}: not a readable promptsam model ({str(err).splitlines()[0][:120]})") from None
+            detail = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
+            raise CheckpointError(f"{path}: not a readable promptsam model ({detail})") from None
         if not isinstance(payload, dict) or payload.get("format") != "promptsam.promptnucseg/1":
             raise CheckpointError(f"{path}: not a promptsam PromptNucSeg model file")
         config = from_dict(PromptNucSegConfig, payload["config"], where=str(path))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +27,17 @@ class PretrainedModel:
     description: str
 
 
-# Filled in by `promptsam train ... --export-default` (see docs/model_card_default.md); empty until trained.
-PRETRAINED: dict[str, PretrainedModel] = {}
+REGISTRY_FILE = WEIGHTS / "models.json"
+
+
+def _read_registry() -> dict[str, PretrainedModel]:
+    if not REGISTRY_FILE.is_file():
+        return {}
+    return {name: PretrainedModel(name=name, **entry) for name, entry in json.loads(REGISTRY_FILE.read_text()).items()}
+
+
+# Shipped models, written by `python -m promptsam.pretrained` (scripts/train_default.sh); empty until trained.
+PRETRAINED: dict[str, PretrainedModel] = _read_registry()
 
 
 def sha256_of(path: str | os.PathLike) -> str:
@@ -64,3 +75,33 @@ def load_model(name_or_path: str | os.PathLike = "default", *, device: str | tor
     from promptsam.methods.promptnucseg import PromptNucSeg
 
     return PromptNucSeg.load(resolve_model(name_or_path), device=device)
+
+
+def register(model_file: str | os.PathLike, *, name: str, card: str, description: str) -> Path:
+    """Ship a trained model: store it in bf16 inside the package and record its hash under `name`."""
+    from promptsam.io.atomic import atomic_path
+
+    model = load_model(model_file, device="cpu")
+    target = WEIGHTS / f"promptnucseg_{name}.pt"
+    model.save(target, dtype=torch.bfloat16)  # half the size; weights are used in bf16/fp32 autocast anyway
+    entries = json.loads(REGISTRY_FILE.read_text()) if REGISTRY_FILE.is_file() else {}
+    entries[name] = {"file": target.name, "sha256": sha256_of(target), "card": card, "description": description}
+    with atomic_path(REGISTRY_FILE) as tmp:
+        tmp.write_text(json.dumps(entries, indent=2) + "\n")
+    return target
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m promptsam.pretrained MODEL_FILE --name default`: register a trained model as shipped."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("model_file")
+    parser.add_argument("--name", default="default")
+    parser.add_argument("--card", default="docs/model_card_default.md")
+    parser.add_argument("--description", default="PromptNucSeg CPU model trained on ../shared/data (2D)")
+    args = parser.parse_args(argv)
+    path = register(args.model_file, name=args.name, card=args.card, description=args.description)
+    print(f"registered {args.name!r}: {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()

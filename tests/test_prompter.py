@@ -1,0 +1,258 @@
+"""PromptNucSeg point prompter: model shapes, matching, losses, decoding, point targets and a one-crop overfit."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from promptsam.data.targets import nucleus_points
+from promptsam.inference.points import decode_points, point_nms
+from promptsam.losses.focal import binary_focal_loss
+from promptsam.losses.prompter import hungarian_match, prompter_loss
+from promptsam.models.prompter import PointPrompter, anchor_grid, pad_to_multiple, sample_features
+
+
+@pytest.mark.parametrize("backbone", ["convnext_atto", "resnet18"])
+@pytest.mark.parametrize("size", [(256, 256), (192, 320)])
+def test_prompter_shapes(backbone: str, size: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    model = PointPrompter(backbone=backbone, num_classes=3, anchor_spacing=16, fpn_channels=32).eval()
+    h, w = size
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, h, w))
+    m = (h // 16) * (w // 16)
+    assert out["coords"].shape == (2, m, 2) and out["coords"].dtype == torch.float32
+    assert out["logits"].shape == (2, m, 4)
+    assert out["mask_logits"].shape == (2, 1, h, w)
+    assert torch.isfinite(out["coords"]).all()
+
+
+def test_prompter_rejects_unpadded_input_and_pad_helper() -> None:
+    model = PointPrompter(backbone="resnet18", fpn_channels=16, num_levels=2)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        model(torch.randn(1, 3, 100, 128))
+    padded, (h, w) = pad_to_multiple(torch.ones(1, 3, 100, 129), 32)
+    assert padded.shape == (1, 3, 128, 160) and (h, w) == (100, 129)
+    assert padded[..., :100, :129].eq(1).all() and padded[..., 100:, :].eq(0).all() and padded[..., 129:].eq(0).all()
+
+
+def test_anchor_grid_and_exact_sampling() -> None:
+    a = anchor_grid(32, 64, 16)
+    assert a.shape == (2, 4, 2)
+    assert a[0, 0].tolist() == [8.0, 8.0] and a[1, 3].tolist() == [56.0, 24.0]  # (x, y), row-major
+    # a stride-4 map whose value is the x (or y) pixel-index coordinate of the cell centre: s·k + (s-1)/2
+    k = torch.arange(16, dtype=torch.float32) * 4 + 1.5
+    feats = torch.stack([k[None, :].expand(8, 16), k[:8, None].expand(8, 16)])[None]  # (1, 2, 8, 16)
+    pts = torch.tensor([[[[1.5, 1.5], [10.0, 7.25], [61.5, 29.5]]]])
+    got = sample_features(feats, pts, 4)[0, :, 0].T
+    assert torch.allclose(got, pts[0, 0], atol=1e-5)
+
+
+def test_backbone_weights_load_local_file(tmp_path) -> None:
+    import timm
+
+    full = timm.create_model("convnext_atto", pretrained=False)
+    path = tmp_path / "atto.pth"
+    torch.save(full.state_dict(), path)
+    model = PointPrompter(backbone="convnext_atto", backbone_weights=path, fpn_channels=16, num_levels=1)
+    assert torch.equal(model.backbone.state_dict()["stem_0.weight"], full.state_dict()["stem.0.weight"])
+    from promptsam.errors import CheckpointError
+
+    bad = dict(full.state_dict())
+    bad["extra.weight"] = torch.zeros(1)
+    torch.save(bad, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError, match="unexpected keys extra.weight"):
+        PointPrompter(backbone="convnext_atto", backbone_weights=tmp_path / "bad.pth", fpn_channels=16)
+    bad = dict(full.state_dict())
+    del bad["stem.0.weight"]
+    torch.save(bad, tmp_path / "missing.pth")
+    with pytest.raises(CheckpointError, match="missing keys: stem_0.weight"):
+        PointPrompter(backbone="convnext_atto", backbone_weights=tmp_path / "missing.pth", fpn_channels=16)
+
+
+def _toy_predictions() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """3 anchors on a line, foreground probabilities 0.1 / 0.99 / 0.5 (C = 1), 2 GT points."""
+    coords = torch.tensor([[0.0, 0.0], [10.0, 0.0], [20.0, 0.0]])
+    fg = torch.tensor([0.1, 0.99, 0.5])
+    logits = torch.stack([fg.log(), (1 - fg).log()], dim=1)
+    gt = torch.tensor([[19.0, 0.0], [1.0, 0.0]])
+    return coords, logits, gt, torch.tensor([0, 0])
+
+
+def test_hungarian_match_hand_worked() -> None:
+    # cost = 0.1·dist - p_fg:   b0=(19,0)          b1=(1,0)
+    #   a0 (p .10)             1.9-.10 = 1.80     0.1-.10 = 0.00
+    #   a1 (p .99)             0.9-.99 = -.09     0.9-.99 = -.09
+    #   a2 (p .50)             0.1-.50 = -.40     1.9-.50 = 1.40
+    # best total: a1->b1, a2->b0 = -0.49 (the nearer a0->b1 gives only -0.40: the class term wins)
+    coords, logits, gt, classes = _toy_predictions()
+    pred, tgt = hungarian_match(coords, logits, gt, classes, alpha=0.1)
+    assert pred.tolist() == [1, 2] and tgt.tolist() == [1, 0]
+    # alpha large -> distance dominates: a0->b1, a2->b0
+    pred, tgt = hungarian_match(coords, logits, gt, classes, alpha=10.0)
+    assert pred.tolist() == [0, 2] and tgt.tolist() == [1, 0]
+    pred, tgt = hungarian_match(coords, logits, torch.zeros(0, 2), torch.zeros(0, dtype=torch.long))
+    assert pred.numel() == 0 and tgt.numel() == 0
+
+
+def test_prompter_loss_hand_made() -> None:
+    coords, logits, gt, classes = _toy_predictions()
+    mask_logits = torch.tensor([[1.0, -2.0], [0.5, 3.0]])
+    mask = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    outputs = {
+        "coords": torch.stack([coords, coords]),
+        "logits": torch.stack([logits, logits]),
+        "mask_logits": torch.stack([mask_logits, mask_logits])[:, None],
+    }
+    targets = [
+        {"points": gt, "classes": classes, "mask": mask},
+        {"points": torch.zeros(0, 2), "classes": torch.zeros(0, dtype=torch.long), "mask": mask[:1, :1]},
+    ]
+    beta, gamma = 0.2, 5e-3
+    out = prompter_loss(outputs, targets, alpha=0.1, beta=beta, gamma=gamma, aux_weight=0.5)
+    logp = logits.log_softmax(-1)
+    # image 0: a1 -> class 0, a2 -> class 0, a0 -> background; image 1: all background
+    num = -(logp[1, 0] + logp[2, 0] + beta * logp[0, 1] + beta * logp[:, 1].sum())
+    assert out["cls"].item() == pytest.approx((num / (2 + beta * 4)).item(), rel=1e-5)
+    assert out["reg"].item() == pytest.approx(gamma * (9.0**2 + 1.0**2) / 2, rel=1e-6)
+    p = torch.sigmoid(mask_logits)
+    t1 = torch.where(mask > 0, -((1 - p) ** 2) * p.log(), -(p**2) * (1 - p).log())
+    # image 1's 1x1 mask [[1]] is zero-padded to [[1, 0], [0, 0]]
+    t2 = torch.stack(
+        [
+            -((1 - p[0, 0]) ** 2) * p[0, 0].log(),
+            -(p[0, 1] ** 2) * (1 - p[0, 1]).log(),
+            -(p[1, 0] ** 2) * (1 - p[1, 0]).log(),
+            -(p[1, 1] ** 2) * (1 - p[1, 1]).log(),
+        ]
+    )
+    assert out["aux"].item() == pytest.approx(0.5 * torch.cat([t1.flatten(), t2]).mean().item(), rel=1e-5)
+    assert out["loss"].item() == pytest.approx((out["cls"] + out["reg"] + out["aux"]).item())
+
+
+def test_binary_focal_loss_matches_naive_formula() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 5, 6, generator=gen) * 4
+    t = (torch.rand(4, 5, 6, generator=gen) > 0.5).float()
+    p = torch.sigmoid(x.double())
+    naive = torch.where(t > 0, -((1 - p) ** 2) * p.log(), -(p**2) * (1 - p).log())
+    assert torch.allclose(binary_focal_loss(x, t, reduction="none").double(), naive, rtol=1e-5, atol=1e-7)
+    assert binary_focal_loss(x, t).item() == pytest.approx(naive.mean().item(), rel=1e-5)
+    assert binary_focal_loss(x, t, gamma=0.0).item() == pytest.approx(
+        F.binary_cross_entropy_with_logits(x, t).item(), rel=1e-5
+    )
+    extreme = binary_focal_loss(torch.tensor([200.0, -200.0]), torch.tensor([0.0, 1.0]), reduction="none")
+    assert torch.isfinite(extreme).all() and extreme.tolist() == pytest.approx([200.0, 200.0])
+
+
+def _outputs_for_decode() -> dict[str, torch.Tensor]:
+    """C = 2: A kept, B its close lower-score duplicate, C far, D on negative mask, E background, F outside."""
+    coords = torch.tensor([[10.0, 10.0], [15.0, 10.0], [50.0, 50.0], [30.0, 60.0], [40.0, 10.0], [70.0, -5.0]])
+    probs = torch.tensor(
+        [[0.9, 0.05, 0.05], [0.8, 0.1, 0.1], [0.1, 0.7, 0.2], [0.6, 0.2, 0.2], [0.2, 0.1, 0.7], [0.05, 0.85, 0.1]]
+    )
+    mask = torch.full((1, 1, 64, 80), 5.0)
+    mask[..., 55:64, 25:35] = -5.0  # D sits here
+    return {"coords": coords[None], "logits": probs.log()[None], "mask_logits": mask}
+
+
+def test_decode_points_nms_mapf_background() -> None:
+    outputs = _outputs_for_decode()
+    (res,) = decode_points(outputs, image_size=(64, 72), nms_radius=12.0, mask_filter=True)
+    assert res["points"].dtype == np.float32 and res["classes"].dtype == np.int64
+    assert res["points"].tolist() == [[10.0, 10.0], [50.0, 50.0], [70.0, 0.0]]  # last clipped into the image
+    assert res["classes"].tolist() == [1, 2, 2]
+    assert res["scores"].tolist() == pytest.approx([0.9, 0.7, 0.85])
+    (res,) = decode_points(outputs, image_size=(64, 72), nms_radius=12.0, mask_filter=False)
+    assert [30.0, 60.0] in res["points"].tolist() and len(res["points"]) == 4
+    (res,) = decode_points(outputs, image_size=(64, 72), nms_radius=0.0, mask_filter=False)
+    assert len(res["points"]) == 5  # only the background anchor is gone
+    (res,) = decode_points(outputs, image_size=(64, 72), nms_radius=12.0, score_threshold=0.8)
+    assert res["points"].tolist() == [[10.0, 10.0], [70.0, 0.0]]
+
+
+def test_point_nms_matches_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    pts = rng.uniform(0, 100, size=(300, 2))
+    scores = rng.uniform(size=300)
+    keep = point_nms(pts, scores, 8.0)
+    alive = np.ones(300, bool)
+    dist = np.linalg.norm(pts[:, None] - pts[None], axis=-1)
+    np.fill_diagonal(dist, np.inf)
+    for i in np.argsort(-scores):
+        if alive[i]:
+            alive[dist[i] <= 8.0] = False
+    assert keep.tolist() == np.flatnonzero(alive).tolist()
+    assert point_nms(np.zeros((0, 2)), np.zeros(0), 5.0).size == 0
+
+
+def test_nucleus_points_hand_made() -> None:
+    labels = np.zeros((24, 24), np.int32)
+    labels[2:5, 2:5] = 3  # square: centroid (x, y) = (3, 3)
+    labels[8:17, 8:17] = 7  # thick "C" opening to the right: centroid (11.24, 12) is in the hole
+    labels[10:15, 10:17] = 0
+    labels[19:23, 2:8] = 9  # largest piece of nucleus 9: centroid (4.5, 20.5)
+    labels[20, 12] = 9  # a stray 1-px piece of nucleus 9
+    classes = np.zeros_like(labels)
+    classes[labels == 3] = 2
+    classes[2, 2] = 4
+    classes[labels == 7] = 1
+    classes[labels == 9] = 3
+    points, point_classes = nucleus_points(labels, classes)
+    assert points.dtype == np.float32 and points.shape == (3, 2)
+    assert points[0].tolist() == [3.0, 3.0]
+    assert points[2].tolist() == [4.5, 20.5]
+    x, y = points[1]
+    c_shape = labels == 7
+    assert x == int(x) and y == int(y) and c_shape[int(y), int(x)]
+    dist = ndimage.distance_transform_edt(np.pad(c_shape, 1))[1:-1, 1:-1]
+    assert dist[int(y), int(x)] == dist.max()
+    assert point_classes.tolist() == [2, 1, 3]
+    assert nucleus_points(labels)[1].tolist() == [1, 1, 1]
+    empty_pts, empty_cls = nucleus_points(np.zeros((5, 5), int))
+    assert empty_pts.shape == (0, 2) and empty_cls.shape == (0,)
+
+
+@pytest.mark.slow
+def test_prompter_overfits_one_consep_crop(shared_data) -> None:
+    from promptsam.io import read_image, read_labels
+    from promptsam.metrics import detection_scores
+
+    images = sorted((shared_data / "consep" / "train" / "images").glob("*.png"))
+    if not images:
+        pytest.skip("no CoNSeP training images")
+    image = read_image(images[0])[:256, :256, :3]
+    labels = read_labels(images[0].parents[1] / "labels" / f"{images[0].stem}.tif")[:256, :256]
+    points, _ = nucleus_points(labels)
+    x = torch.from_numpy(image.copy()).float().permute(2, 0, 1)[None] / 255
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    x = (x - mean[:, None, None]) / std[:, None, None]
+    targets = [
+        {
+            "points": torch.from_numpy(points),
+            "classes": torch.zeros(len(points), dtype=torch.long),
+            "mask": torch.from_numpy((labels > 0).astype(np.float32)),
+        }
+    ]
+    torch.manual_seed(0)
+    model = PointPrompter(backbone="resnet18", fpn_channels=32, num_levels=2, dropout=0.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    losses = []
+    for _ in range(20):  # ~1.1 -> ~0.05 (ratio ~20); F1 ~0.76 (eval-mode BN), ~0.95 (batch BN)
+        loss = prompter_loss(model(x), targets)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[0] / losses[-1] > 10
+    model.eval()
+    with torch.no_grad():
+        (pred,) = decode_points(model(x), image_size=(256, 256))
+    scores = detection_scores(points, pred["points"], pred_scores=pred["scores"], radius=12)
+    assert scores["f1"] > 0.5

@@ -129,18 +129,13 @@ def find_split_dirs(root: str | os.PathLike, *, max_depth: int = 3) -> list[Path
     return found
 
 
-def _to_rgb_uint8(image: np.ndarray) -> np.ndarray:
-    """Return an HxWx3 uint8 view of a grey or RGB image of any supported dtype."""
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=-1)
-    if image.dtype == np.uint8:
+def _to_rgb_uint8(image: np.ndarray, name: str) -> np.ndarray:
+    """HxWx3 uint8 image, converted exactly as inference converts it (promptsam.inference.preprocess.to_rgb255)."""
+    from promptsam.inference.preprocess import to_rgb255
+
+    if image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] == 3:
         return image
-    img = image.astype(np.float64)
-    if np.issubdtype(image.dtype, np.integer):
-        img /= np.iinfo(image.dtype).max
-    elif img.max() > 1.0:
-        img /= 255.0 if img.max() <= 255.0 else img.max()
-    return np.clip(np.round(img * 255.0), 0, 255).astype(np.uint8)
+    return np.round(to_rgb255(image, name=name)).astype(np.uint8)
 
 
 class NucleusDataset(Dataset):
@@ -169,7 +164,7 @@ class NucleusDataset(Dataset):
             image, affine, spacing = read_volume(sample.image)
             item.update(image=image, affine=affine, spacing=spacing)
         else:
-            item["image"] = _to_rgb_uint8(read_image(sample.image))
+            item["image"] = _to_rgb_uint8(read_image(sample.image), str(sample.image))
         item["label"] = read_labels(sample.label) if sample.label is not None else None
         item["classes"] = read_labels(sample.classes) if sample.classes is not None else None
         return self.transform(item) if self.transform is not None else item

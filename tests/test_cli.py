@@ -27,6 +27,16 @@ def test_demo_with_random_sam_writes_labels_and_overlay(tmp_path, capsys):
 
 
 def test_unknown_model_is_one_line_error(tmp_path, capsys):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "a.png")
     code = main(["segment", str(tmp_path), "-o", str(tmp_path / "o"), "--model", str(tmp_path / "none.pt")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "none.pt" in err[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_empty_folder_is_one_line_error(tmp_path, capsys):
+    code = main(["segment", str(tmp_path), "-o", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and str(tmp_path) in err[0] and "no images" in err[0]

@@ -15,7 +15,14 @@ from promptsam.inference.point_segmentation import Candidates, merge_candidates
 from promptsam.inference.prompts import nearest_others, point_prompts
 from promptsam.inference.tiling import assign_points, tile, tile_starts
 from promptsam.io.images import read_image, read_labels
-from promptsam.methods.promptnucseg import PromptNucSeg, SegmentorCollate, SegmentorTask, load_config
+from promptsam.methods.promptnucseg import (
+    PrompterTask,
+    PromptNucSeg,
+    SegmentorCollate,
+    SegmentorTask,
+    collate_prompter,
+    load_config,
+)
 from promptsam.metrics import score_instances
 
 
@@ -107,23 +114,32 @@ def scores(model, crops):
     return {k: float(np.mean([o[k] for o in out])) for k in ("pq", "dice")}
 
 
-@pytest.fixture(scope="module")
-def trained(crops):
-    """A PromptNucSeg whose segmentor was trained from scratch for 120 steps on the two crops."""
-    torch.manual_seed(0)
-    config = tiny_config()
-    model = PromptNucSeg(config)
-    before = scores(model.eval(), crops)
-    task = SegmentorTask(config, model.train())
+def train_steps(task, batches, steps: int) -> list[float]:
+    """Plain optimisation steps of a training task (no Lightning Trainer needed)."""
     opt = task.configure_optimizers()
-    collate = SegmentorCollate(num_objects=12, num_negatives=1, seed=0)
     losses = []
-    for step in range(120):
-        loss = task.training_step(collate([dict(c) for c in crops]), step)
+    for step in range(steps):
+        loss = task.training_step(batches(), step)
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
+    return losses
+
+
+@pytest.fixture(scope="module")
+def trained(crops):
+    """A PromptNucSeg trained from scratch on the two crops: segmentor 120 steps, prompter 20 steps."""
+    torch.manual_seed(0)
+    config = tiny_config()
+    model = PromptNucSeg(config)
+    before = scores(model.eval(), crops)
+    collate = SegmentorCollate(num_objects=12, num_negatives=1, seed=0)
+    losses = train_steps(SegmentorTask(config, model.train()), lambda: collate([dict(c) for c in crops]), 120)
+    from dataclasses import replace
+
+    prompter_config = replace(config, prompter=replace(config.prompter, lr=2e-3))
+    train_steps(PrompterTask(prompter_config, model.train()), lambda: collate_prompter([dict(c) for c in crops]), 20)
     model.eval()
     return model, losses, before
 
@@ -150,11 +166,13 @@ def test_segment_cli_writes_five_valid_outputs(trained, crops, tmp_path, shared_
     shapely = pytest.importorskip("shapely.geometry")
     model, *_ = trained
     model_file = model.save(tmp_path / "model.pt")
-    image = shared_data / "consep" / "train" / "images" / "train_10_002.png"
+    from PIL import Image
+
+    image = tmp_path / "dsb_crop.png"
+    Image.fromarray(crops[0]["image"]).save(image)
     out = tmp_path / "out"
-    # the prompter is untrained: its points are arbitrary, but each still becomes a SAM mask and a polygon
     assert main(["segment", str(image), "-o", str(out), "--model", str(model_file), "--device", "cpu"]) == 0
-    stem = "train_10_002"
+    stem = "dsb_crop"
     for suffix in (".labels.tif", ".geojson", ".csv", ".overlay.png"):
         assert (out / f"{stem}{suffix}").is_file(), suffix
     labels = read_labels(out / f"{stem}.labels.tif")

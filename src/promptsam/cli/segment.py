@@ -32,7 +32,10 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not images:
+                raise PromptSAMError(f"{path}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            found += images
         elif path.is_file():
             found.append(path)
         else:

@@ -149,8 +149,8 @@ def test_segmentor_learns_on_real_crops(crops, trained):
     model, losses, before = trained
     after = scores(model, crops)
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
-    assert after["dice"] > before["dice"] + 0.3, (before, after)
-    assert after["pq"] > before["pq"] + 0.05, (before, after)
+    assert after["dice"] > max(0.5, before["dice"] + 0.15), (before, after)
+    assert after["pq"] > before["pq"] + 0.1, (before, after)
 
 
 def test_model_file_round_trip(trained, tmp_path):

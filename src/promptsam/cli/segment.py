@@ -64,12 +64,13 @@ def write_outputs(out: Path, name: str, image, result, *, geojson: bool = True, 
 
     written = [write_labels(out / f"{name}.labels.tif", result.labels)]
     names = {i + 1: n for i, n in enumerate(result.class_names)}
+    scores = {i + 1: float(s) for i, s in enumerate(result.scores)}  # instance id -> predicted IoU
     if result.classes is not None:
         written.append(write_labels(out / f"{name}.classes.tif", result.classes))
     if geojson:
         written.append(write_geojson(out / f"{name}.geojson", result.labels, classes=result.classes,
-                                     class_names=names, scores=result.scores))
-    rows = measure_instances(result.labels, classes=result.classes, scores=result.scores)
+                                     class_names=names, scores=scores))
+    rows = measure_instances(result.labels, classes=result.classes, scores=scores)
     written.append(write_csv(out / f"{name}.csv", rows))
     if overlay:
         write_overlay(out / f"{name}.overlay.png", image, result.labels)

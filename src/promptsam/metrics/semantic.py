@@ -89,27 +89,29 @@ def _surface_inputs(gt: np.ndarray, pred: np.ndarray, spacing: Spacing):
     return g, p, sp
 
 
-def hausdorff_distance(
-    gt: np.ndarray, pred: np.ndarray, *, percentile: float | None = None, spacing: Spacing = None
-) -> float:
-    """Symmetric (percentile) Hausdorff distance of 2D/3D foreground surfaces (MONAI); NaN if either empty."""
+def _monai_surface(metric: str, gt: np.ndarray, pred: np.ndarray, spacing: Spacing, **options) -> float:
+    """Run MONAI's `compute_<metric>` on one pair of 2D/3D masks; NaN if either is empty."""
     inputs = _surface_inputs(gt, pred, spacing)
     if inputs is None:
         return float("nan")
     g, p, sp = inputs
+    import monai.metrics
     import torch
-    from monai.metrics import compute_hausdorff_distance
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        out = compute_hausdorff_distance(
-            torch.from_numpy(p[None, None]),
-            torch.from_numpy(g[None, None]),
-            include_background=True,
-            percentile=percentile,
-            spacing=sp,
+        out = getattr(monai.metrics, f"compute_{metric}")(
+            torch.from_numpy(p[None, None]), torch.from_numpy(g[None, None]), include_background=True, spacing=sp,
+            **options,
         )
     return float(out.reshape(-1)[0])
+
+
+def hausdorff_distance(
+    gt: np.ndarray, pred: np.ndarray, *, percentile: float | None = None, spacing: Spacing = None
+) -> float:
+    """Symmetric (percentile) Hausdorff distance of 2D/3D foreground surfaces (MONAI); NaN if either empty."""
+    return _monai_surface("hausdorff_distance", gt, pred, spacing, percentile=percentile)
 
 
 def hausdorff95(gt: np.ndarray, pred: np.ndarray, *, spacing: Spacing = None) -> float:
@@ -119,23 +121,7 @@ def hausdorff95(gt: np.ndarray, pred: np.ndarray, *, spacing: Spacing = None) ->
 
 def average_surface_distance(gt: np.ndarray, pred: np.ndarray, *, spacing: Spacing = None) -> float:
     """Symmetric average surface distance (MONAI) of 2D/3D masks in `spacing` units; NaN if either empty."""
-    inputs = _surface_inputs(gt, pred, spacing)
-    if inputs is None:
-        return float("nan")
-    g, p, sp = inputs
-    import torch
-    from monai.metrics import compute_average_surface_distance
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        out = compute_average_surface_distance(
-            torch.from_numpy(p[None, None]),
-            torch.from_numpy(g[None, None]),
-            include_background=True,
-            symmetric=True,
-            spacing=sp,
-        )
-    return float(out.reshape(-1)[0])
+    return _monai_surface("average_surface_distance", gt, pred, spacing, symmetric=True)
 
 
 def score_volume(gt: np.ndarray, pred: np.ndarray, *, spacing: Spacing = None) -> dict[str, float]:

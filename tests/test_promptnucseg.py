@@ -220,3 +220,40 @@ def test_segment_cli_wrong_model_file(tmp_path, capsys, shared_data):
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(err) == 1 and str(wrong) in err[0]
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------- official init and PEFT
+def test_official_checkpoint_initialises_training_at_256(tmp_path, crops):
+    """A `mobile_sam.pt`-format file saved from the reference implementation starts the segmentor at 256 input."""
+    mobile_sam = pytest.importorskip("mobile_sam")
+    from conftest import randomize_
+
+    ref = randomize_(mobile_sam.sam_model_registry["vit_t"](), seed=3)
+    official = tmp_path / "mobile_sam.pt"
+    torch.save(ref.state_dict(), official)
+    config = load_config("promptnucseg_cpu", {"segmentor.checkpoint": str(official), "segmentor.image_size": 256,
+                                              "prompter.backbone": "resnet18", "prompter.fpn_channels": 32,
+                                              "prompter.num_levels": 2})
+    model = PromptNucSeg(config)
+    key = "image_encoder.layers.1.blocks.0.attn.qkv.weight"
+    assert torch.equal(model.segmentor.state_dict()[key], ref.state_dict()[key])
+    collate = SegmentorCollate(num_objects=4, num_negatives=1, seed=0)
+    pad = ((0, 128), (0, 128))
+    big = [{"image": np.pad(c["image"], (*pad, (0, 0))), "label": np.pad(c["label"], pad)} for c in crops[:1]]
+    losses = train_steps(SegmentorTask(config, model.train()), lambda: collate([dict(c) for c in big]), 2)
+    assert np.isfinite(losses).all()
+    assert not torch.equal(model.segmentor.state_dict()[key], ref.state_dict()[key])  # it trained
+
+
+def test_lora_trains_adapters_only_and_round_trips(tmp_path):
+    config = load_config("promptnucseg_cpu", {"segmentor.peft": "lora", "segmentor.lora_rank": 4,
+                                              "segmentor.image_size": 128, "prompter.backbone": "resnet18",
+                                              "prompter.fpn_channels": 32, "prompter.num_levels": 2})
+    model = PromptNucSeg(config)
+    SegmentorTask(config, model)
+    trainable = [n for n, p in model.segmentor.image_encoder.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert all(p.requires_grad for p in model.segmentor.mask_decoder.parameters())
+    assert not any(p.requires_grad for p in model.segmentor.prompt_encoder.parameters())
+    again = PromptNucSeg.load(model.save(tmp_path / "lora.pt"), device="cpu")
+    assert set(again.state_dict()) == set(model.state_dict())

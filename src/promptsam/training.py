@@ -132,6 +132,12 @@ def fit_stage(
     last = ckpt_dir / "last.ckpt"
     trainer.fit(task, train_loader, val_loader, ckpt_path=str(last) if last.is_file() else None)
     best = ckpt_dir / "best.ckpt"
+    if val and last.is_file():
+        # a time limit usually stops training between validations: score the final weights too, keep the better
+        final = trainer.validate(task, val_loader, verbose=False)[0].get(monitor)
+        best_score = checkpoint.best_model_score
+        if best_score is None or (final is not None and final >= float(best_score)):
+            return last
     return best if best.is_file() else (last if last.is_file() else None)
 
 

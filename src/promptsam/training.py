@@ -131,6 +131,7 @@ def fit_stage(
     val_loader = DataLoader(_Whole(val), batch_size=None, num_workers=0) if val else None
     last = ckpt_dir / "last.ckpt"
     trainer.fit(task, train_loader, val_loader, ckpt_path=str(last) if last.is_file() else None)
+    trainer.save_checkpoint(last)  # a time limit stops mid-epoch, after the last per-epoch save: keep the final state
     best = ckpt_dir / "best.ckpt"
     if val and last.is_file():
         # a time limit usually stops training between validations: score the final weights too, keep the better

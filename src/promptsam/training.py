@@ -1,8 +1,8 @@
 """Training plumbing shared by the methods: data assembly, in-memory crop datasets and a Lightning run folder.
 
 A run folder holds one sub-folder per stage (`prompter/`, `segmentor/`, ...) with Lightning checkpoints
-(`checkpoints/best.ckpt`, `checkpoints/last.ckpt`), `metrics.csv` and TensorBoard events; re-running the same
-command resumes from `last.ckpt`.
+(`checkpoints/best.ckpt`, `checkpoints/last.ckpt`), `logs/version_N/metrics.csv` and TensorBoard events under
+`tb/version_N` (one version per start); re-running the same command resumes from `last.ckpt`.
 """
 
 from __future__ import annotations
@@ -122,7 +122,8 @@ def fit_stage(
         num_sanity_val_steps=0,
         gradient_clip_val=grad_clip,
         callbacks=[checkpoint],
-        logger=[CSVLogger(stage_dir, name="", version=""), TensorBoardLogger(stage_dir, name="tb", version="")],
+        # one version folder per (re)start, so resuming never overwrites earlier metrics
+        logger=[CSVLogger(stage_dir, name="logs"), TensorBoardLogger(stage_dir, name="tb")],
         log_every_n_steps=5,
         enable_progress_bar=progress,
         enable_model_summary=False,

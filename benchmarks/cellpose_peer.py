@@ -424,12 +424,10 @@ def main(argv: list[str] | None = None) -> int:
         f" MoNuSeg 1000x1000: {mono} s/image; inference peak RSS {results['eval']['peak_rss_mb_inference']:.0f} MB"
     )
 
-    from promptsam.evaluation import json_safe
-    from promptsam.io import atomic_path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from common import save_json
 
-    with atomic_path(args.out) as tmp:
-        tmp.write_text(json.dumps(json_safe(results), indent=2) + "\n")
-    print(f"wrote {args.out.relative_to(REPO) if args.out.is_relative_to(REPO) else args.out}")
+    save_json(args.out, results)
     return 0
 
 

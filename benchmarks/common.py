@@ -53,12 +53,21 @@ def machine() -> dict:
     }
 
 
+def save_json(path: Path, payload: dict) -> Path:
+    """Write `payload` as JSON (NaN -> null) atomically and say where."""
+    from promptsam.evaluation import json_safe
+    from promptsam.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(json_safe(payload), indent=2) + "\n")
+    repo = RESULTS.parent.parent
+    print(f"wrote {path.relative_to(repo) if path.is_relative_to(repo) else path}")
+    return path
+
+
 def write_results(name: str, payload: dict) -> Path:
     """Write `payload` (plus machine info) to benchmarks/results/<name>.json."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps({"machine": machine(), **payload}, indent=2))
-    return path
+    return save_json(RESULTS / f"{name}.json", {"machine": machine(), **payload})
 
 
 def print_table(rows: list[dict], columns: list[str]) -> None:

@@ -91,7 +91,7 @@ def main() -> None:
     print_table(rows, ["dataset", "method", "pq", "aji", "dice", "s/image"])
     print(f"\npromptsam: {monuseg:.2f} s per 1000x1000 MoNuSeg image, peak RSS {results['peak_rss_gb']:.2f} GB "
           f"({args.threads} threads)")
-    print(f"wrote {write_results('nucleus_benchmark', results)}")
+    write_results("nucleus_benchmark", results)
 
 
 if __name__ == "__main__":

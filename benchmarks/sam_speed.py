@@ -232,8 +232,7 @@ def main() -> None:
             "prompts/s bf16",
         ],
     )
-    path = write_results("sam_speed", {"peak_gflops": peaks, "encoder": enc, "decoder": dec})
-    print(f"\nwrote {path}")
+    write_results("sam_speed", {"peak_gflops": peaks, "encoder": enc, "decoder": dec})
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from promptsam.data.layout import NucleusDataset, Sample, list_samples
 from promptsam.data.splits import VAL
-from promptsam.device import cpu_supports_bf16
+from promptsam.device import pick_device, resolve_precision
 from promptsam.errors import InputError
 
 
@@ -82,12 +82,11 @@ class _Whole(Dataset):
 
 
 def lightning_precision(precision: str) -> str:
-    """Lightning precision flag for `auto` (bf16-mixed on GPUs and bf16-capable CPUs, else 32) or as given."""
+    """Lightning precision flag: for `auto`, the autocast dtype promptsam.device picks here; else as given."""
     if precision != "auto":
         return precision
-    if torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "bf16-mixed" if cpu_supports_bf16() else "32-true"
+    dtype = resolve_precision("auto", pick_device("auto"))
+    return {torch.bfloat16: "bf16-mixed", torch.float16: "16-mixed"}.get(dtype, "32-true")
 
 
 def fit_stage(

@@ -7,18 +7,6 @@ import torch
 from torchvision.ops import nms
 
 
-def mask_boxes(masks: np.ndarray) -> np.ndarray:
-    """Tight (x1, y1, x2, y2) boxes of (N, H, W) boolean masks, inclusive pixel edges; empty masks give zeros."""
-    n = masks.shape[0]
-    boxes = np.zeros((n, 4), np.float32)
-    rows, cols = masks.any(axis=2), masks.any(axis=1)
-    for i in range(n):
-        r, c = np.flatnonzero(rows[i]), np.flatnonzero(cols[i])
-        if r.size:
-            boxes[i] = (c[0], r[0], c[-1], r[-1])
-    return boxes
-
-
 def box_nms(boxes: np.ndarray, scores: np.ndarray, *, iou_threshold: float = 0.5) -> np.ndarray:
     """Indices of boxes kept by greedy NMS, highest score first (torchvision's kernel)."""
     if len(boxes) == 0:

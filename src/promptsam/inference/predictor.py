@@ -73,11 +73,8 @@ class SamPredictor:
             raise RuntimeError("call set_image before predict")
         if points is not None and point_labels is None:
             raise ValueError("points need point_labels (1 positive, 0 negative, -1 padding)")
-        n = (
-            next(len(a) for a in (points, boxes, mask_inputs) if a is not None)
-            if any(a is not None for a in (points, boxes, mask_inputs))
-            else 0
-        )
+        given = [a for a in (points, boxes, mask_inputs) if a is not None]
+        n = len(given[0]) if given else 0
         coords = self._to_input_frame(points).to(self.device) if points is not None else None
         labels = (
             torch.as_tensor(np.asarray(point_labels), dtype=torch.int64, device=self.device)

@@ -32,6 +32,7 @@ from promptsam.metrics.semantic import (
     iou,
     score_volume,
 )
+from promptsam.metrics.volume import connected_lesions, lesion_detection, score_lesions
 
 __all__ = [
     "Contingency",
@@ -41,12 +42,14 @@ __all__ = [
     "aji",
     "aji_plus",
     "average_surface_distance",
+    "connected_lesions",
     "contingency",
     "detection_scores",
     "dice",
     "hausdorff95",
     "hausdorff_distance",
     "iou",
+    "lesion_detection",
     "match_points",
     "mean_over_folds",
     "object_dice",
@@ -59,6 +62,7 @@ __all__ = [
     "remap_label",
     "score_classes",
     "score_instances",
+    "score_lesions",
     "score_volume",
     "summarize_detection",
 ]

@@ -1,0 +1,90 @@
+"""The M-SAM network (MICCAI 2024): SAM-Med3D with a LoRA-tuned encoder and the Mask-Enhanced Adapter (methods.md §5).
+
+Forward pieces only; the click simulation and the training loop live with the method. One refinement round:
+E_I = encoder(volume) (once per volume), sparse = PE(click) + padding token, E_M = mask_downscaling(previous low-res
+logits), src = MEA(E_I, E_M), then SAM-Med3D's decoder -> low-res logits (B, 1, 32, 32, 32) and IoU.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from promptsam.models.adapters import add_lora
+from promptsam.models.mea import MaskEnhancedAdapter
+from promptsam.models.sam3d.build import build_sam3d
+from promptsam.models.sam3d.sam3d import Sam3D
+
+
+class MSam(nn.Module):
+    """SAM-Med3D + LoRA (rank `lora_rank`) on the encoder's attention + MEA fusion before the mask decoder.
+
+    LoRA deviation from the official code: M-SAM adds separate rank-4 updates to q and v only of each block's fused
+    `qkv` Linear (`q += B_q A_q x`, `v += B_v A_v x`). peft adapts whole Linear modules, so here one rank-4 update
+    covers q, k and v of `qkv` (A 4x768, B 2304x4). Both have exactly 147,456 LoRA parameters (12 x 12,288) and the same
+    initialisation (A Kaiming-uniform a=sqrt(5), B zero, scaling 1, no dropout), but the function class differs: one A
+    is shared by q, k and v, and k is adapted too. The rest of the encoder is frozen; prompt encoder, decoder and MEA
+    train, as in the official optimiser.
+    """
+
+    def __init__(self, sam: Sam3D, *, lora_rank: int = 4, adapter: MaskEnhancedAdapter | None = None) -> None:
+        super().__init__()
+        self.sam = sam
+        add_lora(sam.image_encoder, rank=lora_rank, targets=("qkv",))
+        self.mea = adapter if adapter is not None else MaskEnhancedAdapter()
+
+    @property
+    def low_res_size(self) -> int:
+        """Side of the low-resolution logits cube (volume_size / 4)."""
+        return self.sam.volume_size // 4
+
+    def embed(self, volumes: torch.Tensor) -> torch.Tensor:
+        """E_I (B, 384, 8, 8, 8) of z-normalised (B, 1, 128, 128, 128) volumes, through the LoRA-tuned encoder."""
+        return self.sam.embed_volumes(volumes)
+
+    def refine(
+        self,
+        image_embeddings: torch.Tensor,
+        click_coords: torch.Tensor,
+        click_labels: torch.Tensor,
+        previous_low_res_logits: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One interaction round -> low-res logits (B, 1, 32, 32, 32) and predicted IoU (B, 1).
+
+        `click_coords` (B, P, 3) voxel indices (d0, d1, d2), `click_labels` (B, P) 1 positive / 0 negative (M-SAM feeds
+        only the newest click, P = 1); `previous_low_res_logits` (B, 1, 32, 32, 32), None meaning zeros as in the
+        official first round (a zero mask prompt, not the no-mask embedding).
+        """
+        if previous_low_res_logits is None:
+            size = self.low_res_size
+            previous_low_res_logits = image_embeddings.new_zeros(click_coords.shape[0], 1, size, size, size)
+        return self.sam.decode(
+            image_embeddings,
+            points=(click_coords, click_labels),
+            mask_inputs=previous_low_res_logits,
+            fuse=self.mea,
+        )
+
+    def forward(
+        self,
+        volumes: torch.Tensor,
+        click_coords: torch.Tensor,
+        click_labels: torch.Tensor,
+        previous_low_res_logits: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`embed` then one `refine` round (for a single round; loops should embed once and refine many times)."""
+        return self.refine(self.embed(volumes), click_coords, click_labels, previous_low_res_logits)
+
+
+def build_msam(
+    *, sam_checkpoint: str | os.PathLike | None = None, pretrained: bool = False, lora_rank: int = 4
+) -> MSam:
+    """M-SAM on SAM-Med3D, loading the SAM-Med3D weights (`sam_med3d_turbo.pth`) before LoRA is injected.
+
+    `sam_checkpoint` is the SAM-Med3D file; `pretrained=True` finds it in the checkpoint folders. LoRA and the MEA
+    start from their own initialisation, as in the official training.
+    """
+    sam = build_sam3d("sam_med3d", checkpoint=sam_checkpoint, pretrained=pretrained)
+    return MSam(sam, lora_rank=lora_rank)

@@ -1,0 +1,1 @@
+"""SAM-Med3D: the 3D sibling of SAM (volume encoder, 3D prompt encoder, 3D mask decoder)."""

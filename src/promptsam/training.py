@@ -104,8 +104,12 @@ def fit_stage(
     precision: str = "auto",
     grad_clip: float | None = None,
     progress: bool = True,
+    whole: Callable[[Sequence], Dataset] | None = None,
 ) -> Path | None:
-    """Train `task` into `stage_dir` (resuming from its last.ckpt) and return the best checkpoint's path."""
+    """Train `task` into `stage_dir` (resuming from its last.ckpt) and return the best checkpoint's path.
+
+    Validation items are `whole(val)[i]`, one per step: by default 2D samples read whole (and cached).
+    """
     stage_dir = Path(stage_dir)
     ckpt_dir = stage_dir / "checkpoints"
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode="max", save_last=True,
@@ -128,7 +132,7 @@ def fit_stage(
         enable_model_summary=False,
     )
     train_loader = DataLoader(train, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=0)
-    val_loader = DataLoader(_Whole(val), batch_size=None, num_workers=0) if val else None
+    val_loader = DataLoader((whole or _Whole)(val), batch_size=None, num_workers=0) if val else None
     last = ckpt_dir / "last.ckpt"
     trainer.fit(task, train_loader, val_loader, ckpt_path=str(last) if last.is_file() else None)
     trainer.save_checkpoint(last)  # a time limit stops mid-epoch, after the last per-epoch save: keep the final state

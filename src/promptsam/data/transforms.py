@@ -141,9 +141,29 @@ class RandomScale:
         return sample
 
 
-def training_transforms(crop: int = 256, *, seed: int | None = None) -> Compose:
-    """The augmentation pipeline of the nucleus trainers (a CPU-cheap subset of PromptNucSeg's, methods.md §3.2)."""
+class Zoom:
+    """Resize image (bilinear) and maps (nearest) by a fixed factor: the magnification a model is trained at."""
+
+    def __init__(self, factor: float) -> None:
+        self.factor = factor
+
+    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
+        f = self.factor
+        if f != 1:
+            sample["image"] = np.clip(ndimage.zoom(sample["image"], (f, f, 1), order=1, grid_mode=True,
+                                                   mode="nearest"), 0, 255).astype(np.uint8)
+            for k in _maps(sample):
+                sample[k] = ndimage.zoom(sample[k], f, order=0, grid_mode=True, mode="nearest")
+        return sample
+
+
+def training_transforms(crop: int = 256, *, zoom: float = 1.0, seed: int | None = None) -> Compose:
+    """The augmentation pipeline of the nucleus trainers (a CPU-cheap subset of PromptNucSeg's, methods.md §3.2).
+
+    With `zoom` != 1 the crop is taken at `crop / zoom` pixels and magnified to `crop` (the segmentor's `scale`).
+    """
     return Compose(
-        [RandomScale(), RandomCrop(crop), RandomFlipRotate(), ColorJitter(), GaussianBlur(), GaussianNoise()],
+        [RandomScale(), RandomCrop(round(crop / zoom)), Zoom(zoom), RandomFlipRotate(), ColorJitter(), GaussianBlur(),
+         GaussianNoise()],
         seed=seed,
     )

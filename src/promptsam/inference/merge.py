@@ -49,3 +49,20 @@ def paint_crops(
     lut = np.zeros(n + 1, np.uint32)
     lut[ids] = np.arange(1, len(ids) + 1, dtype=np.uint32)
     return lut[labels], order[n - ids]
+
+
+def shrink_labels(labels: np.ndarray, shape: tuple[int, int], *, min_area: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest-sample a label map painted on a magnified grid back to `shape` (pixel centres map to pixel centres).
+
+    Returns the relabelled map (ids 1..K kept in their original order; instances left with fewer than `min_area`
+    pixels are dropped) and, for each new id, its old id.
+    """
+    h, w = shape
+    rows = np.minimum(((np.arange(h) + 0.5) * labels.shape[0] / h).astype(np.int64), labels.shape[0] - 1)
+    cols = np.minimum(((np.arange(w) + 0.5) * labels.shape[1] / w).astype(np.int64), labels.shape[1] - 1)
+    small = labels[rows[:, None], cols[None, :]]
+    ids, counts = np.unique(small[small > 0], return_counts=True)
+    ids = ids[counts >= min_area]
+    lut = np.zeros(int(labels.max()) + 1, np.uint32)
+    lut[ids] = np.arange(1, len(ids) + 1, dtype=np.uint32)
+    return lut[small], ids.astype(np.int64)

@@ -50,3 +50,14 @@ def resize_longest_side(image: torch.Tensor, long_side: int) -> torch.Tensor:
     if size == tuple(image.shape[-2:]):
         return image
     return F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def zoom_image(image: np.ndarray, scale: float) -> np.ndarray:
+    """(H, W, C) float image resized by `scale` (bilinear; antialiased when shrinking), float32."""
+    if scale == 1:
+        return image
+    h, w = image.shape[:2]
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1)[None]
+    x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
+    return x[0].permute(1, 2, 0).contiguous().numpy()

@@ -26,9 +26,10 @@ from promptsam.data.sampling import sample_point_prompts
 from promptsam.data.targets import nucleus_points
 from promptsam.device import autocast, pick_device, resolve_precision
 from promptsam.errors import CheckpointError
+from promptsam.inference.merge import shrink_labels
 from promptsam.inference.point_segmentation import merge_candidates, segment_points
 from promptsam.inference.points import decode_points
-from promptsam.inference.preprocess import to_rgb255
+from promptsam.inference.preprocess import to_rgb255, zoom_image
 from promptsam.losses.prompter import prompter_loss
 from promptsam.losses.segmentor import segmentor_loss
 from promptsam.metrics import detection_scores, score_instances
@@ -68,6 +69,8 @@ class SegmentorConfig:
     sam: str = "vit_b"
     checkpoint: str | None = None  # official SAM / MobileSAM file to start from; None = from scratch
     image_size: int = 256
+    scale: float = 1.0  # magnification at which SAM sees the image (1 = native, as in the paper; 2 = upsampled 2x)
+    pe_scale: float = 1.0  # from scratch only: std of the prompt encoder's random Fourier frequencies (SAM: 1)
     num_objects: int = 25  # Z prompts per training image
     num_negatives: int = 0  # K: the released configs use 0, the paper's full model 1
     focal_weight: float = 20.0
@@ -154,6 +157,11 @@ def build_prompter(cfg: PrompterConfig) -> PointPrompter:
 def build_segmentor(cfg: SegmentorConfig) -> nn.Module:
     """The SAM segmentor described by `cfg` (official weights loaded when `cfg.checkpoint` is set)."""
     sam = build_sam(cfg.sam, checkpoint=cfg.checkpoint, image_size=cfg.image_size)
+    if cfg.checkpoint is None and cfg.pe_scale != 1:
+        # [A] SAM's frozen frequencies (std 1) span ~3 periods per image side: too smooth to tell apart nuclei
+        # 16 px apart in a 256 window, which a pretrained decoder copes with but one trained from scratch does not.
+        with torch.no_grad():
+            sam.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.mul_(cfg.pe_scale)
     if cfg.peft == "lora":
         add_lora(sam.image_encoder, rank=cfg.lora_rank)
     elif cfg.peft is not None:
@@ -204,12 +212,17 @@ class PromptNucSeg(nn.Module):
             points, point_classes = prompts["points"], prompts["classes"]
         points = np.asarray(points, np.float32).reshape(-1, 2)
         point_classes = np.ones(len(points), np.int64) if point_classes is None else np.asarray(point_classes)
-        inf = self.config.inference
+        inf, scale = self.config.inference, self.config.segmentor.scale
+        seen = zoom_image(rgb, scale)  # SAM draws at its training magnification, results return to the input grid
         candidates = segment_points(
-            self.segmentor, rgb, points, overlap=inf.overlap, num_negatives=self.config.segmentor.num_negatives,
-            also_without_negatives=inf.also_without_negatives, autocast_dtype=dtype,
+            self.segmentor, seen, (points + 0.5) * scale - 0.5, overlap=inf.overlap,
+            num_negatives=self.config.segmentor.num_negatives, also_without_negatives=inf.also_without_negatives,
+            autocast_dtype=dtype,
         )
-        labels, painted = merge_candidates(candidates, rgb.shape[:2], nms_iou=inf.nms_iou, min_area=inf.min_area)
+        labels, painted = merge_candidates(candidates, seen.shape[:2], nms_iou=inf.nms_iou, min_area=inf.min_area)
+        if scale != 1:
+            labels, kept = shrink_labels(labels, rgb.shape[:2], min_area=inf.min_area)
+            painted = painted[kept - 1]
         owner = candidates.prompt_index[painted]
         cls = point_classes[owner].astype(np.uint8)
         classes = None
@@ -441,7 +454,8 @@ def train_promptnucseg(
             task = SegmentorTask(config, model)
             crop, batch, monitor, clip = config.segmentor.image_size, config.segmentor.batch_size, "val/pq", None
             collate = SegmentorCollate(config.segmentor.num_objects, config.segmentor.num_negatives, tcfg.seed)
-        train_ds = CropDataset(train_samples, training_transforms(crop, seed=tcfg.seed),
+        zoom = config.segmentor.scale if stage == "segmentor" else 1.0
+        train_ds = CropDataset(train_samples, training_transforms(crop, zoom=zoom, seed=tcfg.seed),
                                length=tcfg.samples_per_epoch, seed=tcfg.seed)
         best = fit_stage(task, train_ds, val_samples, collate=collate, batch_size=batch, stage_dir=out / stage,
                          monitor=monitor, max_epochs=tcfg.max_epochs, max_minutes=tcfg.max_minutes,

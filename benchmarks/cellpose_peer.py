@@ -38,9 +38,10 @@ passed to train_seg as precomputed flows) and a timing probe (one warm-up and 3 
 no optimiser step, so it does not change the weights) are spent first; the rest is divided by the FASTEST probed
 seconds per epoch to get n_epochs for ONE train_seg call. The fastest, not the mean: a probe taken while the
 machine is busy once planned 98 batches that finished in half the budget; planning optimistically means training
-runs until the deadline guard instead (at worst cutting the last LR decay epochs short, recorded). A forward pre-hook stops training
-if it passes the budget by more than 2 % (e.g. when the CPU gets busier); the weights are then saved as they
-are and `stopped_by_deadline` is recorded. The JSON records the actual wall and CPU seconds of each phase.
+runs until the deadline guard instead (at worst cutting the last LR decay epochs short, recorded). A forward
+pre-hook stops training if it passes the budget by more than 2 % (e.g. when the CPU gets busier); the weights
+are then saved as they are and `stopped_by_deadline` is recorded. The JSON records the actual wall and CPU
+seconds of each phase.
 """
 
 from __future__ import annotations

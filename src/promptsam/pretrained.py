@@ -71,10 +71,20 @@ def resolve_model(name_or_path: str | os.PathLike) -> Path:
 
 
 def load_model(name_or_path: str | os.PathLike = "default", *, device: str | torch.device = "auto"):
-    """The one door to a trained promptsam pipeline: a shipped name (`default`) or a saved model file."""
+    """The one door to a trained promptsam pipeline: a shipped name (`default`) or a saved model file.
+
+    Returns a PromptNucSeg (2D nuclei) or an MSAM (3D lesions), whichever the file holds.
+    """
+    from promptsam.methods.msam import FORMAT as MSAM_FORMAT
+    from promptsam.methods.msam import MSAM
     from promptsam.methods.promptnucseg import PromptNucSeg
 
-    return PromptNucSeg.load(resolve_model(name_or_path), device=device)
+    path = resolve_model(name_or_path)
+    try:
+        fmt = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("format")
+    except Exception:  # noqa: BLE001 - the loaders below give the one-line error
+        fmt = None
+    return (MSAM if fmt == MSAM_FORMAT else PromptNucSeg).load(path, device=device)
 
 
 def register(model_file: str | os.PathLike, *, name: str, card: str, description: str) -> Path:

@@ -12,7 +12,7 @@ from promptsam.errors import PromptSAMError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("train", help="train a method (promptnucseg) on your data")
+    parser = sub.add_parser("train", help="train a method (promptnucseg, msam) on your data")
     methods = parser.add_subparsers(dest="method", metavar="METHOD", required=True)
     p = methods.add_parser("promptnucseg", help="PromptNucSeg: point prompter + SAM segmentor")
     p.add_argument("--data", action="append", required=True,
@@ -32,8 +32,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     p.set_defaults(func=run)
 
+    m = methods.add_parser("msam", help="M-SAM: 3D lesions (SAM-Med3D + MEA + click refinement) and the lesion "
+                                        "detector of the automatic mode")
+    m.add_argument("--data", action="append", required=True,
+                   help="3D dataset folder: nnU-Net style (imagesTr/labelsTr) or the uniform layout (repeatable)")
+    m.add_argument("--val", action="append", default=[], help="validation folder(s)")
+    m.add_argument("--preset", default="msam_cpu", help="preset name (msam_paper, msam_cpu) or YAML file")
+    m.add_argument("--out", required=True, help="run folder (re-running resumes from it)")
+    m.add_argument("--stage", choices=["detector", "segmentor", "both"], default="both")
+    m.add_argument("--max-minutes", type=float, default=None, help="time budget per stage (overrides the preset)")
+    m.add_argument("--sam-checkpoint", default=None, help="official sam_med3d_turbo.pth to start M-SAM from")
+    m.add_argument("--rank", type=int, default=None, help="LoRA rank on the encoder (0 = train the whole encoder)")
+    m.add_argument("--loss-rounds", choices=["all", "last"], default=None,
+                   help="loss on every click round (released code) or the last one (rebuttal)")
+    m.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a preset value")
+    m.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    m.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    m.set_defaults(func=run_msam)
 
-def _overrides(args: argparse.Namespace) -> dict:
+
+def _set_values(args: argparse.Namespace) -> dict:
+    """--set KEY=VALUE pairs and --max-minutes as dotted config overrides."""
     out: dict = {}
     for item in args.set:
         if "=" not in item:
@@ -42,6 +61,11 @@ def _overrides(args: argparse.Namespace) -> dict:
         out[key] = yaml.safe_load(value)
     if args.max_minutes is not None:
         out["training.max_minutes"] = args.max_minutes
+    return out
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    out = _set_values(args)
     if args.sam_checkpoint:
         out["segmentor.checkpoint"] = args.sam_checkpoint
     if args.peft:
@@ -51,24 +75,48 @@ def _overrides(args: argparse.Namespace) -> dict:
     return out
 
 
-def run(args: argparse.Namespace) -> int:
+def _run_config(args: argparse.Namespace, load_config, overrides: dict):
+    """The run's config: the preset with overrides, or, when resuming, the config the run started with."""
     import torch
 
     from promptsam.config import to_dict
     from promptsam.io.atomic import atomic_path
-    from promptsam.methods.promptnucseg import load_config, train_promptnucseg
 
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
-    config = load_config(args.preset, _overrides(args))
+    config = load_config(args.preset, overrides)
     saved = out / "config.yaml"
     if saved.is_file():  # resuming: the run keeps the config it started with, plus explicit overrides
-        config = load_config(saved, _overrides(args))
+        config = load_config(saved, overrides)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(saved) as tmp:
         tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    return config, out
+
+
+def run(args: argparse.Namespace) -> int:
+    from promptsam.methods.promptnucseg import load_config, train_promptnucseg
+
+    config, out = _run_config(args, load_config, _overrides(args))
     stages = ("prompter", "segmentor") if args.stage == "both" else (args.stage,)
     summary = train_promptnucseg(config, args.data, args.val, out, stages=stages, progress=not args.no_progress)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def run_msam(args: argparse.Namespace) -> int:
+    from promptsam.methods.msam import load_config, train_msam
+
+    overrides = _set_values(args)
+    if args.sam_checkpoint:
+        overrides["network.checkpoint"] = args.sam_checkpoint
+    if args.rank is not None:
+        overrides["network.lora_rank"] = args.rank
+    if args.loss_rounds:
+        overrides["clicks.loss_rounds"] = args.loss_rounds
+    config, out = _run_config(args, load_config, overrides)
+    stages = ("detector", "segmentor") if args.stage == "both" else (args.stage,)
+    summary = train_msam(config, args.data, args.val, out, stages=stages, progress=not args.no_progress)
     print(json.dumps(summary, indent=2))
     return 0

@@ -32,7 +32,8 @@ class MSam(nn.Module):
     def __init__(self, sam: Sam3D, *, lora_rank: int = 4, adapter: MaskEnhancedAdapter | None = None) -> None:
         super().__init__()
         self.sam = sam
-        add_lora(sam.image_encoder, rank=lora_rank, targets=("qkv",))
+        if lora_rank > 0:  # 0: no adapters (a from-scratch encoder trains whole)
+            add_lora(sam.image_encoder, rank=lora_rank, targets=("qkv",))
         self.mea = adapter if adapter is not None else MaskEnhancedAdapter()
 
     @property

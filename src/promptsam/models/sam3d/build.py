@@ -14,6 +14,7 @@ from promptsam.models.sam3d.prompt_encoder import PromptEncoder3D
 from promptsam.models.sam3d.sam3d import Sam3D
 
 SAM3D_NAMES = ("sam_med3d", "vit_b_ori")
+ALL_SAM3D = (*SAM3D_NAMES, "sam_med3d_small")
 PROMPT_EMBED_DIM = 384
 VOLUME_SIZE = 128
 PATCH_SIZE = 16
@@ -28,8 +29,8 @@ def build_sam3d(
     official `sam_med3d_turbo.pth` up in the checkpoint folders instead.
     """
     entry = get_entry(name)
-    if name not in SAM3D_NAMES:
-        raise CheckpointError(f"{name!r} is not a 3D model; 3D models: {', '.join(SAM3D_NAMES)}")
+    if name not in ALL_SAM3D:
+        raise CheckpointError(f"{name!r} is not a 3D model; 3D models: {', '.join(ALL_SAM3D)}")
     model = entry.builder()
     model.arch_name = name
     if pretrained and checkpoint is None:
@@ -39,29 +40,40 @@ def build_sam3d(
     return model
 
 
-def sam_med3d() -> Sam3D:
-    """SAM-Med3D ViT-B on 128³ volumes: 12-block 3D ViT encoder, 384-channel prompt encoder and mask decoder."""
+def _build_sam3d(*, embed_dim: int, depth: int, num_heads: int, global_attn_indexes: tuple[int, ...],
+                 prompt_dim: int = PROMPT_EMBED_DIM) -> Sam3D:
+    """A SAM-Med3D of the given encoder and prompt sizes on 128³ volumes (sizes are data, as in segment-anything)."""
     grid = VOLUME_SIZE // PATCH_SIZE
     return Sam3D(
         image_encoder=ImageEncoderViT3D(
             img_size=VOLUME_SIZE,
             patch_size=PATCH_SIZE,
             in_chans=1,
-            embed_dim=768,
-            depth=12,
-            num_heads=12,
-            global_attn_indexes=(2, 5, 8, 11),
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            global_attn_indexes=global_attn_indexes,
             window_size=14,
-            out_chans=PROMPT_EMBED_DIM,
+            out_chans=prompt_dim,
         ),
         prompt_encoder=PromptEncoder3D(
-            embed_dim=PROMPT_EMBED_DIM,
+            embed_dim=prompt_dim,
             image_embedding_size=(grid, grid, grid),
             input_image_size=(VOLUME_SIZE, VOLUME_SIZE, VOLUME_SIZE),
             mask_in_chans=16,
         ),
-        mask_decoder=MaskDecoder3D(transformer_dim=PROMPT_EMBED_DIM),
+        mask_decoder=MaskDecoder3D(transformer_dim=prompt_dim),
     )
+
+
+def sam_med3d() -> Sam3D:
+    """SAM-Med3D ViT-B on 128³ volumes: 12-block 3D ViT encoder, 384-channel prompt encoder and mask decoder."""
+    return _build_sam3d(embed_dim=768, depth=12, num_heads=12, global_attn_indexes=(2, 5, 8, 11))
+
+
+def sam_med3d_small() -> Sam3D:
+    """promptsam's CPU size of SAM-Med3D (our choice, no official weights): 4 blocks of 192, 192-channel prompts."""
+    return _build_sam3d(embed_dim=192, depth=4, num_heads=6, global_attn_indexes=(1, 3), prompt_dim=192)
 
 
 for _name in SAM3D_NAMES:
@@ -72,3 +84,7 @@ for _name in SAM3D_NAMES:
         source="https://huggingface.co/blueyo0/SAM-Med3D",
         licence="Apache-2.0",
     )(sam_med3d)
+
+register_model("sam_med3d_small", description="SAM-Med3D architecture at CPU size (4x192 encoder), from scratch")(
+    sam_med3d_small
+)

@@ -34,7 +34,7 @@ __all__ = [
 
 TABLE_KEYS = {
     "2d": ("pq", "aji", "dice", "dq", "sq", "aji_plus", "n_gt", "n_pred"),
-    "3d": ("dice", "iou", "hd95", "asd"),
+    "3d": ("dice", "iou", "hd95", "asd", "lesion_recall", "lesion_precision"),
 }
 _SUM_KEYS = ("n_gt", "n_pred")
 
@@ -56,6 +56,7 @@ def _plain(value: Any) -> Any:
 def score_pair(pair: Pair, *, spacing: Sequence[float] | None = None) -> dict[str, Any]:
     """Score one matched prediction/ground-truth pair; return a row {name, kind, metric: value, ...}."""
     from promptsam import metrics
+    from promptsam.metrics.volume import score_lesions
 
     gt, gt_spacing = _load(pair.gt)
     pred, _ = _load(pair.pred)
@@ -67,7 +68,7 @@ def score_pair(pair: Pair, *, spacing: Sequence[float] | None = None) -> dict[st
         sp = tuple(spacing) if spacing is not None else gt_spacing
         if sp is not None and len(sp) == 1:
             sp = sp * 3
-        row.update(metrics.score_volume(gt > 0, pred > 0, spacing=sp))
+        row.update(score_lesions(gt > 0, pred > 0, spacing=sp if sp is not None else 1.0))
     else:
         row["kind"] = "2d"
         row.update(metrics.score_instances(gt, pred))

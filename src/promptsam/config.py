@@ -70,3 +70,16 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise PromptSAMError(f"{path}: a preset must be a YAML mapping")
     return data
+
+
+def load_preset(cls: type[T], preset: str | os.PathLike, overrides: dict[str, Any] | None = None) -> T:
+    """A `cls` config from a preset name or YAML file, with dotted overrides ({"segmentor.lr": 1e-4})."""
+    path = preset_path(preset)
+    data = load_yaml(path)
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return from_dict(cls, data, where=str(path))

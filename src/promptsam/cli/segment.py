@@ -122,10 +122,18 @@ def _segment_volume(model, path: Path, out: Path, args: argparse.Namespace) -> s
     return f"{int(result.mask.sum())} lesion voxels in {len(result.regions)} region(s), {mode} mode"
 
 
+def _segment_image(model, path: Path, out: Path, args: argparse.Namespace) -> str:
+    from promptsam.io.images import read_image
+
+    image = read_image(path)
+    result = model.segment(image)
+    write_outputs(out, stem(path), image, result, geojson=not args.no_geojson, overlay=not args.no_overlay)
+    return f"{int(result.labels.max())} nuclei"
+
+
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from promptsam.io.images import read_image
     from promptsam.methods.msam import MSAM
     from promptsam.pretrained import load_model
 
@@ -137,30 +145,19 @@ def run(args: argparse.Namespace) -> int:
             raise PromptSAMError(f"{flat[0]}: the M-SAM model segments NIfTI volumes (.nii, .nii.gz), not 2D images")
         if args.clicks and len(paths) != 1:
             raise PromptSAMError(f"--clicks applies to one input volume; got {len(paths)}")
-        out, failures = Path(args.output), 0
-        for path in paths:
-            t0 = time.perf_counter()
-            try:
-                summary = _segment_volume(model, path, out, args)
-            except PromptSAMError as err:
-                failures += 1
-                print(f"promptsam segment: error: {err}", file=sys.stderr)
-                continue
-            print(f"{path}: {summary} in {time.perf_counter() - t0:.1f} s -> {out}/{stem(path)}.*")
-        return 2 if failures else 0
-    if args.precision:
-        model.config = replace(model.config, inference=replace(model.config.inference, precision=args.precision))
-    out = Path(args.output)
-    failures = 0
-    for path in paths:
+        segment_one = _segment_volume
+    else:
+        if args.precision:
+            model.config = replace(model.config, inference=replace(model.config.inference, precision=args.precision))
+        segment_one = _segment_image
+    out, failures = Path(args.output), 0
+    for path in paths:  # one bad input is reported on one line; the others are still segmented
         t0 = time.perf_counter()
         try:
-            image = read_image(path)
-            result = model.segment(image)
-            write_outputs(out, stem(path), image, result, geojson=not args.no_geojson, overlay=not args.no_overlay)
+            summary = segment_one(model, path, out, args)
         except PromptSAMError as err:
             failures += 1
             print(f"promptsam segment: error: {err}", file=sys.stderr)
             continue
-        print(f"{path}: {int(result.labels.max())} nuclei in {time.perf_counter() - t0:.1f} s -> {out}/{stem(path)}.*")
+        print(f"{path}: {summary} in {time.perf_counter() - t0:.1f} s -> {out}/{stem(path)}.*")
     return 2 if failures else 0

@@ -30,7 +30,7 @@ from scipy import ndimage
 from torch import nn
 from torch.utils.data import Dataset
 
-from promptsam.config import from_dict, load_yaml, preset_path, to_dict
+from promptsam.config import from_dict, load_preset, to_dict
 from promptsam.data.volumes import (
     crop_or_pad,
     normalize_intensity,
@@ -141,15 +141,7 @@ class MSAMConfig:
 
 def load_config(preset: str | os.PathLike, overrides: dict[str, Any] | None = None) -> MSAMConfig:
     """Config of a preset name (`msam_paper`, `msam_cpu`) or YAML file, with dotted overrides."""
-    path = preset_path(preset)
-    data = load_yaml(path)
-    for dotted, value in (overrides or {}).items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return from_dict(MSAMConfig, data, where=str(path))
+    return load_preset(MSAMConfig, preset, overrides)
 
 
 # ---------------------------------------------------------------------------------------------------------- model

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from promptsam.config import from_dict, load_yaml, preset_path, to_dict
+from promptsam.config import from_dict, load_preset, to_dict
 from promptsam.data.sampling import sample_point_prompts
 from promptsam.data.targets import nucleus_points
 from promptsam.device import autocast, pick_device, resolve_precision
@@ -118,15 +118,7 @@ class PromptNucSegConfig:
 
 def load_config(preset: str | os.PathLike, overrides: dict[str, Any] | None = None) -> PromptNucSegConfig:
     """Config of a preset name (`promptnucseg_cpu`, `promptnucseg_kumar`, ...) or YAML file, with overrides."""
-    path = preset_path(preset)
-    data = load_yaml(path)
-    for dotted, value in (overrides or {}).items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return from_dict(PromptNucSegConfig, data, where=str(path))
+    return load_preset(PromptNucSegConfig, preset, overrides)
 
 
 # -------------------------------------------------------------------------------------------------- the model

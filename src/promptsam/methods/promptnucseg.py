@@ -168,6 +168,10 @@ def normalize_images(images: torch.Tensor) -> torch.Tensor:
     return (images - mean) / std
 
 
+# MobileSAM's TinyViT keeps its ImageNet classifier (official key names) but SAM never runs it: not saved.
+UNUSED_SEGMENTOR_KEYS = ("image_encoder.head.", "image_encoder.norm_head.")
+
+
 class PromptNucSeg(nn.Module):
     """Prompter + SAM segmentor: `segment(image)` gives every nucleus as an instance, with no manual prompts."""
 
@@ -229,7 +233,8 @@ class PromptNucSeg(nn.Module):
         from promptsam.io.atomic import atomic_path
 
         def cast(sd: dict) -> dict:
-            return {k: v.to(dtype) if dtype is not None and v.is_floating_point() else v for k, v in sd.items()}
+            return {k: v.to(dtype) if dtype is not None and v.is_floating_point() else v for k, v in sd.items()
+                    if not k.startswith(UNUSED_SEGMENTOR_KEYS)}
 
         payload = {
             "format": "promptsam.promptnucseg/1",
@@ -260,6 +265,9 @@ class PromptNucSeg(nn.Module):
         model = cls(_without_weights(config))
         for part in ("prompter", "segmentor"):
             state = {k: v.float() if v.is_floating_point() else v for k, v in payload[part].items()}
+            if part == "segmentor":  # never saved: keep their initial values so loading stays strict
+                state.update({k: v for k, v in model.segmentor.state_dict().items()
+                              if k.startswith(UNUSED_SEGMENTOR_KEYS) and k not in state})
             check_state_dict(getattr(model, part), state, source=f"{path} [{part}]")
             getattr(model, part).load_state_dict(state, strict=True)
         return model.to(pick_device(device)).eval()

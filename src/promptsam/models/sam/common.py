@@ -7,7 +7,7 @@ from torch import nn
 
 
 class LayerNorm2d(nn.Module):
-    """LayerNorm over the channel axis of a (B, C, H, W) tensor."""
+    """LayerNorm over the channel axis of a (B, C, *spatial) tensor: 2D maps here, 3D volumes in SAM-Med3D."""
 
     def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
         super().__init__()
@@ -19,7 +19,8 @@ class LayerNorm2d(nn.Module):
         u = x.mean(1, keepdim=True)
         s = (x - u).pow(2).mean(1, keepdim=True)
         x = (x - u) / torch.sqrt(s + self.eps)
-        return self.weight[:, None, None] * x + self.bias[:, None, None]
+        shape = (-1,) + (1,) * (x.ndim - 2)
+        return self.weight.view(shape) * x + self.bias.view(shape)
 
 
 class MLPBlock(nn.Module):
@@ -35,11 +36,11 @@ class MLPBlock(nn.Module):
         return self.lin2(self.act(self.lin1(x)))
 
 
-def sam_neck(in_chans: int, out_chans: int) -> nn.Sequential:
-    """SAM's encoder neck: 1x1 conv, LayerNorm2d, 3x3 conv, LayerNorm2d (keys neck.0..3)."""
+def sam_neck(in_chans: int, out_chans: int, *, conv: type[nn.Module] = nn.Conv2d) -> nn.Sequential:
+    """SAM's encoder neck: 1x1 conv, LayerNorm, 3x3 conv, LayerNorm (keys neck.0..3); `conv=nn.Conv3d` in 3D."""
     return nn.Sequential(
-        nn.Conv2d(in_chans, out_chans, kernel_size=1, bias=False),
+        conv(in_chans, out_chans, kernel_size=1, bias=False),
         LayerNorm2d(out_chans),
-        nn.Conv2d(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
+        conv(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
         LayerNorm2d(out_chans),
     )

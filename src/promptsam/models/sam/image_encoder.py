@@ -3,6 +3,12 @@
 State-dict keys equal the official `image_encoder.*` keys. Parameter shapes stay those of the 1024 checkpoint at any
 input size: the absolute position embedding is resized bicubically and the relative-position tables linearly at
 forward time (methods.md §0.6), so official files load strictly whatever the input size.
+
+Large inputs are processed in chunks so that no intermediate exceeds `CHUNK_BYTES`: at 1024 input a global block's
+additive attention bias would be (heads, 4096, 4096), 805 MB in fp32. Tensors that large are freshly mmap-ed by the
+allocator on every call and page-faulted in (glibc serves only blocks <= 32 MB from its reusable heap), which cost
+more than the attention itself; chunks of a few MB are reused from the heap and stay in cache. Results are
+unchanged: every chunk computes the same numbers as the whole.
 """
 
 from __future__ import annotations
@@ -12,6 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from promptsam.models.sam.common import MLPBlock, sam_neck
+
+# Largest attention-bias or MLP-hidden chunk materialised at once (bytes); see the module docstring.
+CHUNK_BYTES = 8 * 2**20
 
 
 class ImageEncoderViT(nn.Module):
@@ -82,17 +91,13 @@ class Block(nn.Module):
         self.window_size = window_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x
-        x = self.norm1(x)
-        if self.window_size > 0:
-            height, width = x.shape[1:3]
-            x, padded = window_partition(x, self.window_size)
-            x = self.attn(x)
-            x = window_unpartition(x, self.window_size, padded, (height, width))
-        else:
-            x = self.attn(x)
-        x = shortcut + x
-        return x + self.mlp(self.norm2(x))
+        x = x + self.attn(self.norm1(x), window=self.window_size)
+        # the MLP is per token: run it on row chunks so that its (rows, w, 4*dim) hidden stays small
+        b, h, w, _ = x.shape
+        rows = max(1, CHUNK_BYTES // (b * w * self.mlp.lin1.out_features * x.element_size()))
+        if rows >= h:
+            return x + self.mlp(self.norm2(x))
+        return torch.cat([xi + self.mlp(self.norm2(xi)) for xi in x.split(rows, dim=1)], dim=1)
 
 
 class Attention(nn.Module):
@@ -108,15 +113,38 @@ class Attention(nn.Module):
         self.rel_pos_h = nn.Parameter(torch.zeros(2 * rel_pos_size - 1, head_dim))
         self.rel_pos_w = nn.Parameter(torch.zeros(2 * rel_pos_size - 1, head_dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, h, w, _ = x.shape
+    def forward(self, x: torch.Tensor, window: int = 0) -> torch.Tensor:
+        """Global attention (window 0) or attention inside zero-padded square windows of side `window`."""
+        h, w = x.shape[1:3]
+        qkv = self.qkv(x)
+        if window == 0:
+            return self.proj(self.attend(qkv))
+        # the official code zero-pads the normalised tokens before qkv; a zero token projects to qkv(0), so qkv and
+        # proj run on the h*w real tokens only (at 256 input the 16x16 grid is padded to 28x28 windows)
+        grid = pad_grid(qkv, window, self.qkv(x.new_zeros(x.shape[-1])))
+        out = self.attend(window_partition(grid, window))
+        return self.proj(window_unpartition(out, window, tuple(grid.shape[1:3]), (h, w)))
+
+    def attend(self, qkv: torch.Tensor) -> torch.Tensor:
+        """Attention over token grids (N, h, w, 3C) -> (N, h, w, C), in chunks of query rows.
+
+        The additive bias of a chunk of query rows is (N, heads, rows * w, h * w); rows are chosen so that it stays
+        under CHUNK_BYTES (one chunk, i.e. the plain computation, whenever the whole bias fits).
+        """
+        n, h, w, _ = qkv.shape
         heads = self.num_heads
-        qkv = self.qkv(x).reshape(b, h * w, 3, heads, -1).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # (B, heads, h*w, head_dim)
-        bias = decomposed_rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, (h, w))
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
-        x = x.transpose(1, 2).reshape(b, h, w, -1)
-        return self.proj(x)
+        q, k, v = qkv.reshape(n, h * w, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)  # (N, heads, h*w, c)
+        r_h = rel_pos_table(self.rel_pos_h, h).to(q.dtype)
+        r_w = rel_pos_table(self.rel_pos_w, w).to(q.dtype)
+        rows = max(1, CHUNK_BYTES // (n * heads * w * h * w * q.element_size()))
+        out = [
+            F.scaled_dot_product_attention(
+                q_i, k, v, attn_mask=decomposed_rel_pos_bias(q_i, r_h[i : i + rows], r_w), scale=self.scale
+            )
+            for i, q_i in zip(range(0, h, rows), q.split(rows * w, dim=2), strict=True)
+        ]
+        x = out[0] if len(out) == 1 else torch.cat(out, dim=2)
+        return x.transpose(1, 2).reshape(n, h, w, -1)
 
 
 def rel_pos_table(rel_pos: torch.Tensor, size: int) -> torch.Tensor:
@@ -128,18 +156,19 @@ def rel_pos_table(rel_pos: torch.Tensor, size: int) -> torch.Tensor:
     return rel_pos[offsets[:, None] - offsets[None, :] + size - 1]
 
 
-def decomposed_rel_pos_bias(
-    q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, size: tuple[int, int]
-) -> torch.Tensor:
-    """Additive attention bias q·R_h + q·R_w for queries (B, heads, h*w, d) -> (B, heads, h*w, h*w)."""
-    h, w = size
-    b, heads, _, d = q.shape
-    r_h = rel_pos_table(rel_pos_h, h).to(q.dtype)
-    r_w = rel_pos_table(rel_pos_w, w).to(q.dtype)
-    r_q = q.reshape(b, heads, h, w, d)
-    bias_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, r_h)
-    bias_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, r_w)
-    return (bias_h[..., :, None] + bias_w[..., None, :]).reshape(b, heads, h * w, h * w)
+def decomposed_rel_pos_bias(q: torch.Tensor, r_h: torch.Tensor, r_w: torch.Tensor) -> torch.Tensor:
+    """Additive attention bias q·R_h + q·R_w, contiguous.
+
+    Queries (N, heads, hq * wq, c) on an (hq, wq) grid, tables R_h (hq, hk, c) and R_w (wq, wk, c) from
+    `rel_pos_table` (row slices of it for a chunk of query rows) -> (N, heads, hq * wq, hk * wk).
+    """
+    n, heads, _, c = q.shape
+    (hq, hk), (wq, wk) = r_h.shape[:2], r_w.shape[:2]
+    r_q = q.reshape(n, heads, hq, wq, c)
+    # einsum returns permuted layouts; contiguous terms make the broadcast sum contiguous (no copy in reshape)
+    bias_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, r_h).contiguous()
+    bias_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, r_w).contiguous()
+    return (bias_h[..., :, None] + bias_w[..., None, :]).reshape(n, heads, hq * wq, hk * wk)
 
 
 def resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -152,21 +181,28 @@ def resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Te
     return resized.permute(0, 2, 3, 1)
 
 
-def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Split (B, H, W, C) into (B*nW, window, window, C) windows after zero-padding; returns the padded size."""
+def pad_grid(x: torch.Tensor, window: int, value: torch.Tensor) -> torch.Tensor:
+    """Pad (B, H, W, C) at the far end of each axis to multiples of `window`, filling with the vector `value`."""
     b, h, w, c = x.shape
-    pad_h, pad_w = (window - h % window) % window, (window - w % window) % window
-    if pad_h or pad_w:
-        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-    hp, wp = h + pad_h, w + pad_w
-    x = x.view(b, hp // window, window, wp // window, window, c)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window, window, c), (hp, wp)
+    hp, wp = (-(-s // window) * window for s in (h, w))
+    if (hp, wp) == (h, w):
+        return x
+    out = value.to(x.dtype).expand(b, hp, wp, c).clone()
+    out[:, :h, :w] = x
+    return out
+
+
+def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
+    """Split (B, H, W, C), both sides multiples of `window`, into (B * nW, window, window, C) windows."""
+    b, h, w, c = x.shape
+    x = x.view(b, h // window, window, w // window, window, c)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window, window, c)
 
 
 def window_unpartition(
     windows: torch.Tensor, window: int, padded: tuple[int, int], size: tuple[int, int]
 ) -> torch.Tensor:
-    """Merge windows from `window_partition` back into (B, H, W, C), dropping the padding."""
+    """Merge windows from `window_partition` back into (B, H, W, C) of `size`, dropping the padding."""
     hp, wp = padded
     h, w = size
     b = windows.shape[0] // (hp * wp // window // window)

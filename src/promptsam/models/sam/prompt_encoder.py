@@ -13,6 +13,15 @@ from promptsam.models.sam.common import LayerNorm2d
 NEGATIVE, POSITIVE, PADDING = 0, 1, -1
 
 
+def label_points(encoder: nn.Module, emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Point tokens (..., C) from positional encodings and labels: padding -> `not_a_point_embed`, negatives and
+    positives get `point_embeddings[0]` / `[1]` added (SAM's and SAM-Med3D's prompt encoders alike)."""
+    labels = labels[..., None]
+    emb = torch.where(labels == PADDING, encoder.not_a_point_embed.weight.to(emb.dtype), emb)
+    emb = emb + torch.where(labels == NEGATIVE, encoder.point_embeddings[0].weight, 0.0)
+    return emb + torch.where(labels == POSITIVE, encoder.point_embeddings[1].weight, 0.0)
+
+
 class PositionEmbeddingRandom(nn.Module):
     """Random Fourier features of normalised (x, y) coordinates."""
 
@@ -77,11 +86,7 @@ class PromptEncoder(nn.Module):
 
     def embed_points(self, points: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Embed (N, P, 2) pixel points with (N, P) labels in {1 positive, 0 negative, -1 padding}."""
-        emb = self.pe_layer.forward_with_coords(points + 0.5, self.input_image_size)
-        labels = labels[..., None]
-        emb = torch.where(labels == PADDING, self.not_a_point_embed.weight.to(emb.dtype), emb)
-        emb = emb + torch.where(labels == NEGATIVE, self.point_embeddings[0].weight, 0.0)
-        return emb + torch.where(labels == POSITIVE, self.point_embeddings[1].weight, 0.0)
+        return label_points(self, self.pe_layer.forward_with_coords(points + 0.5, self.input_image_size), labels)
 
     def embed_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
         """Embed (N, 4) boxes (x1, y1, x2, y2) as two corner tokens: (N, 2, C); NaN rows become padding tokens."""

@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from promptsam.models.sam.prompt_encoder import NEGATIVE, PADDING, POSITIVE
+from promptsam.models.sam.prompt_encoder import PADDING, label_points
 from promptsam.models.sam3d.common import LayerNorm3d
 
 Size3 = tuple[int, int, int]
@@ -82,11 +82,7 @@ class PromptEncoder3D(nn.Module):
 
     def embed_points(self, points: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Embed (B, P, 3) voxel points with (B, P) labels in {1 positive, 0 negative, -1 padding} -> (B, P, C)."""
-        emb = self.pe_layer.forward_with_coords(points + 0.5, self.input_image_size)
-        labels = labels[..., None]
-        emb = torch.where(labels == PADDING, self.not_a_point_embed.weight.to(emb.dtype), emb)
-        emb = emb + torch.where(labels == NEGATIVE, self.point_embeddings[0].weight, 0.0)
-        return emb + torch.where(labels == POSITIVE, self.point_embeddings[1].weight, 0.0)
+        return label_points(self, self.pe_layer.forward_with_coords(points + 0.5, self.input_image_size), labels)
 
     def embed_masks(self, masks: torch.Tensor) -> torch.Tensor:
         """Embed (B, 1, 4d0, 4d1, 4d2) low-resolution mask logits into dense (B, C, d0, d1, d2)."""

@@ -31,6 +31,11 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, *, where: str = "config
             value = from_dict(hint, value, where=f"{where}.{key}")
         elif isinstance(value, list):
             value = tuple(value)
+        elif isinstance(value, (str, int)) and not isinstance(value, bool) and float in typing.get_args(hint) + (hint,):
+            try:  # YAML 1.1 reads "3e-4" (no dot) as a string; an int where a float is meant is fine too
+                value = float(value)
+            except ValueError:
+                raise PromptSAMError(f"{where}.{key}: expected a number, got {value!r}") from None
         kwargs[key] = value
     return cls(**kwargs)
 

@@ -1,0 +1,28 @@
+"""Presets as typed configs: overrides, number parsing, and one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from promptsam.errors import PromptSAMError
+from promptsam.methods import msam, promptnucseg
+
+
+def test_overrides_parse_numbers_written_without_a_dot():
+    cfg = promptnucseg.load_config("promptnucseg_cpu", {"prompter.lr": "3e-4", "training.max_minutes": 35,
+                                                          "segmentor.scale": 2})
+    assert cfg.prompter.lr == pytest.approx(3e-4) and isinstance(cfg.prompter.lr, float)
+    assert cfg.training.max_minutes == 35.0 and cfg.segmentor.scale == 2.0
+
+
+def test_bad_values_and_unknown_keys_are_one_line_errors():
+    with pytest.raises(PromptSAMError, match=r"prompter\.lr: expected a number, got 'fast'"):
+        promptnucseg.load_config("promptnucseg_cpu", {"prompter.lr": "fast"})
+    with pytest.raises(PromptSAMError, match="unknown setting"):
+        msam.load_config("msam_cpu", {"clicks.rounds": 3})
+
+
+def test_both_msam_presets_load():
+    paper, cpu = msam.load_config("msam_paper"), msam.load_config("msam_cpu")
+    assert paper.network.arch == "sam_med3d" and paper.network.lora_rank == 4 and paper.clicks.train_rounds == 11
+    assert cpu.network.arch == "sam_med3d_small" and cpu.clicks.test_rounds == 10

@@ -1,11 +1,12 @@
 """SAM speed: our encoders and decoder against the reference implementations, same weights, same run.
 
-    python benchmarks/sam_speed.py [--quick]
+    python benchmarks/sam_speed.py [--quick] [--threads N]
 
 Prints a table and writes benchmarks/results/sam_speed.json. Encoder latency is the median of >= 5 runs after a
-warm-up, batch 1; achieved GFLOP/s divides FlopCounterMode's count by that latency and is compared with a measured
-matmul peak of this machine in the same precision. Decoder throughput decodes N single-point prompts against one
-image embedding in one batched call.
+warm-up, batch 1; achieved GFLOP/s divides the FLOPs our encoder executes (FlopCounterMode, with CPU attention
+counted, see `count_gflops_sdpa`) by that latency and is compared with a measured matmul peak of this machine in the
+same precision; "ref GFLOP" is the reference's count, which also includes its zero-padded window tokens. Decoder
+throughput decodes N single-point prompts against one image embedding in one batched call.
 """
 
 from __future__ import annotations
@@ -24,6 +25,20 @@ from promptsam.models import build_sam  # noqa: E402
 
 warnings.filterwarnings("ignore")
 CPU = torch.device("cpu")
+
+
+def count_gflops_sdpa(fn) -> float:
+    """`count_gflops` that also counts CPU scaled_dot_product_attention (FlopCounterMode skips its CPU kernel)."""
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+    def sdpa(q, k, v, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_flop_count(q, k, v)
+
+    cpu_sdpa = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    counter = FlopCounterMode(display=False, custom_mapping={cpu_sdpa: sdpa})
+    with counter:
+        fn()
+    return counter.get_total_flops() / 1e9
 
 
 def reference_encoder(name: str, image_size: int) -> torch.nn.Module:
@@ -101,7 +116,8 @@ def encoder_rows(names: list[str], sizes: list[int], repeats: int, peaks: dict) 
             ref = reference_encoder(name, size).eval()
             load_resized(ref, ours.image_encoder, size)
             x = torch.randn(1, 3, size, size)
-            gflop = count_gflops(lambda: ours.image_encoder(x))
+            gflop = count_gflops_sdpa(lambda: ours.image_encoder(x))
+            ref_gflop = count_gflops_sdpa(lambda: run_reference(ref, x))
             t_ref = median_seconds(lambda: run_reference(ref, x), repeats=repeats)
             t_ours = median_seconds(lambda: ours.image_encoder(x), repeats=repeats)
 
@@ -116,6 +132,7 @@ def encoder_rows(names: list[str], sizes: list[int], repeats: int, peaks: dict) 
                     "model": name,
                     "input": size,
                     "GFLOP": gflop,
+                    "ref GFLOP": ref_gflop,
                     "ref fp32 s": t_ref,
                     "ours fp32 s": t_ours,
                     "ours bf16 s": t_bf16,
@@ -206,6 +223,7 @@ def main() -> None:
             "model",
             "input",
             "GFLOP",
+            "ref GFLOP",
             "ref fp32 s",
             "ours fp32 s",
             "ours bf16 s",

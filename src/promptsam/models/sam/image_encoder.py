@@ -9,6 +9,13 @@ additive attention bias would be (heads, 4096, 4096), 805 MB in fp32. Tensors th
 allocator on every call and page-faulted in (glibc serves only blocks <= 32 MB from its reusable heap), which cost
 more than the attention itself; chunks of a few MB are reused from the heap and stay in cache. Results are
 unchanged: every chunk computes the same numbers as the whole.
+
+Not done, measured slower on CPU: folding the bias into the dot product. With bias[i, j] = rel_h[i, row(j)] +
+rel_w[i, col(j)], q' = [scale * q, rel_h, rel_w] and k' = [k, onehot(row(j)), onehot(col(j))] give q'·k' = scale * q·k
++ bias exactly, so SDPA needs no mask; but CPU flash attention needs v's head dim equal to q's (else it falls back to
+the math kernel), so q, k and v all grow from 64 to 64 + h + w (192 at 1024 input) and the attention does 3x the work.
+One 1024-input global block, one thread: folded 1.9 s, whole mask 1.6 s, mask by row chunks ~1.0 s (bf16: 1.8, 1.25,
+1.0 s); windows and the 256-input global blocks were slower folded in fp32 and about even in bf16.
 """
 
 from __future__ import annotations
@@ -119,32 +126,46 @@ class Attention(nn.Module):
         qkv = self.qkv(x)
         if window == 0:
             return self.proj(self.attend(qkv))
-        # the official code zero-pads the normalised tokens before qkv; a zero token projects to qkv(0), so qkv and
-        # proj run on the h*w real tokens only (at 256 input the 16x16 grid is padded to 28x28 windows)
+        # The official code zero-pads the normalised tokens to whole windows; a zero token projects to qkv(0), so qkv
+        # and proj run on the h*w real tokens only. Padded tokens are keys but their outputs are dropped: windows are
+        # grouped by how many of their rows and columns are real (full ones; the last window row / column) and each
+        # group attends for its real queries only (at 256 input, 256 of the 16x16 grid's 784 padded tokens).
         grid = pad_grid(qkv, window, self.qkv(x.new_zeros(x.shape[-1])))
-        out = self.attend(window_partition(grid, window))
-        return self.proj(window_unpartition(out, window, tuple(grid.shape[1:3]), (h, w)))
+        groups = [
+            [self.attend_windows(grid[:, rows, cols], window, (qh, qw)) for cols, qw in spans(w, window)]
+            for rows, qh in spans(h, window)
+        ]
+        return self.proj(torch.cat([torch.cat(group, dim=2) for group in groups], dim=1))
 
-    def attend(self, qkv: torch.Tensor) -> torch.Tensor:
-        """Attention over token grids (N, h, w, 3C) -> (N, h, w, C), in chunks of query rows.
+    def attend_windows(self, slab: torch.Tensor, window: int, q_size: tuple[int, int]) -> torch.Tensor:
+        """Attention in the windows of a slab (B, nh * window, nw * window, 3C) of the padded grid whose windows all
+        hold q_size = (qh, qw) real tokens at their start, for those queries -> (B, nh * qh, nw * qw, C)."""
+        nh, nw = slab.shape[1] // window, slab.shape[2] // window
+        return merge_windows(self.attend(window_partition(slab, window), q_size), (nh, nw))
 
-        The additive bias of a chunk of query rows is (N, heads, rows * w, h * w); rows are chosen so that it stays
+    def attend(self, qkv: torch.Tensor, q_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Attention over token grids (N, h, w, 3C) for the queries [:qh, :qw] -> (N, qh, qw, C), by query rows.
+
+        The additive bias of a chunk of query rows is (N, heads, rows * qw, h * w); rows are chosen so that it stays
         under CHUNK_BYTES (one chunk, i.e. the plain computation, whenever the whole bias fits).
         """
         n, h, w, _ = qkv.shape
+        qh, qw = q_size or (h, w)
         heads = self.num_heads
         q, k, v = qkv.reshape(n, h * w, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)  # (N, heads, h*w, c)
-        r_h = rel_pos_table(self.rel_pos_h, h).to(q.dtype)
-        r_w = rel_pos_table(self.rel_pos_w, w).to(q.dtype)
-        rows = max(1, CHUNK_BYTES // (n * heads * w * h * w * q.element_size()))
+        if (qh, qw) != (h, w):
+            q = q.reshape(n, heads, h, w, -1)[:, :, :qh, :qw].reshape(n, heads, qh * qw, -1)
+        r_h = rel_pos_table(self.rel_pos_h, h)[:qh].to(q.dtype)
+        r_w = rel_pos_table(self.rel_pos_w, w)[:qw].to(q.dtype)
+        rows = max(1, CHUNK_BYTES // (n * heads * qw * h * w * q.element_size()))
         out = [
             F.scaled_dot_product_attention(
                 q_i, k, v, attn_mask=decomposed_rel_pos_bias(q_i, r_h[i : i + rows], r_w), scale=self.scale
             )
-            for i, q_i in zip(range(0, h, rows), q.split(rows * w, dim=2), strict=True)
+            for i, q_i in zip(range(0, qh, rows), q.split(rows * qw, dim=2), strict=True)
         ]
         x = out[0] if len(out) == 1 else torch.cat(out, dim=2)
-        return x.transpose(1, 2).reshape(n, h, w, -1)
+        return x.transpose(1, 2).reshape(n, qh, qw, -1)
 
 
 def rel_pos_table(rel_pos: torch.Tensor, size: int) -> torch.Tensor:
@@ -199,13 +220,19 @@ def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
     return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window, window, c)
 
 
-def window_unpartition(
-    windows: torch.Tensor, window: int, padded: tuple[int, int], size: tuple[int, int]
-) -> torch.Tensor:
-    """Merge windows from `window_partition` back into (B, H, W, C) of `size`, dropping the padding."""
-    hp, wp = padded
-    h, w = size
-    b = windows.shape[0] // (hp * wp // window // window)
-    x = windows.view(b, hp // window, wp // window, window, window, -1)
-    x = x.permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, -1)
-    return x[:, :h, :w, :].contiguous() if (hp, wp) != (h, w) else x
+def spans(size: int, window: int) -> list[tuple[slice, int]]:
+    """An axis of `size` padded to whole windows, as (slice of the padded axis, real tokens per window) groups: the
+    full windows, then the last window if it is partly padding."""
+    full = size // window * window
+    groups = [(slice(0, full), window)] if full else []
+    if full < size:
+        groups.append((slice(full, full + window), size - full))
+    return groups
+
+
+def merge_windows(windows: torch.Tensor, counts: tuple[int, int]) -> torch.Tensor:
+    """Merge (B * nh * nw, qh, qw, C) windows laid out as in `window_partition` into (B, nh * qh, nw * qw, C)."""
+    nh, nw = counts
+    n, qh, qw, c = windows.shape
+    x = windows.view(n // (nh * nw), nh, nw, qh, qw, c)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, nh * qh, nw * qw, c)

@@ -553,14 +553,11 @@ def train_msam(config: MSAMConfig, data: list[str], val: list[str], out: str | o
 
 
 def _save_stage(model: MSAM, stage: str, model_file: Path) -> None:
-    """Write `model_file` with this stage's network from `model` and the other from the file on disk (if any)."""
-    part = "detector" if stage == "detector" else "network"
+    """Write `model_file` with this run's config and this stage's network, the other one from the file on disk."""
+    other = "network" if stage == "detector" else "detector"
     if model_file.is_file():
-        current = MSAM.load(model_file, device="cpu")
-        getattr(current, part).load_state_dict(getattr(model, part).state_dict())
-        current.save(model_file)
-    else:
-        model.save(model_file)
+        getattr(model, other).load_state_dict(getattr(MSAM.load(model_file, device="cpu"), other).state_dict())
+    model.save(model_file)
 
 
 def read_clicks(path: str | os.PathLike) -> list[dict]:

@@ -467,11 +467,9 @@ def train_promptnucseg(
 
 
 def _save_stage(model: PromptNucSeg, stage: str, model_file: Path) -> None:
-    """Write `model_file` with this stage's part from `model` and the other part from the file as it is now on disk
-    (so the two stages can train concurrently, in two processes, into one run folder)."""
+    """Write `model_file` with this run's config and this stage's weights, the other stage's weights taken from the
+    file as it is now on disk (so the two stages can train concurrently, in two processes, into one run folder)."""
     if model_file.is_file():
-        current = PromptNucSeg.load(model_file, device="cpu")
-        getattr(current, stage).load_state_dict(getattr(model, stage).state_dict())
-        current.save(model_file)
-    else:
-        model.save(model_file)
+        other = "segmentor" if stage == "prompter" else "prompter"
+        getattr(model, other).load_state_dict(getattr(PromptNucSeg.load(model_file, device="cpu"), other).state_dict())
+    model.save(model_file)

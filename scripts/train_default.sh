@@ -6,7 +6,8 @@
 # is its own run folder that starts from the previous phase's model.pt, and CPU threads are one per process.
 #   1. prompter (50 min) and segmentor at native magnification (75 min), concurrently;
 #   2. segmentor at 2x magnification (segmentor.scale=2), 28 min, learning rate 5e-4;
-#   3. the same at learning rate 1.5e-4, 80 min.
+#   3. the same at learning rate 1.5e-4, 80 min, with the prompter continued at learning rate 3e-4 for 35 min
+#      alongside (two processes, one run folder).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$root/scripts/env.sh"
@@ -33,6 +34,10 @@ train --out "$run/phase2" --set training.val_every=4 --set segmentor.scale=2 --s
 
 from_previous "$run/phase2" "$run/phase3"
 train --out "$run/phase3" --set training.val_every=4 --set segmentor.scale=2 --set segmentor.lr=1.5e-4 \
-    --stage segmentor --max-minutes 80 > "$run/phase3/segmentor.log" 2>&1
+    --stage segmentor --max-minutes 80 > "$run/phase3/segmentor.log" 2>&1 &
+sleep 60  # the segmentor writes the phase's config.yaml first; the prompter adds its learning rate to it
+train --out "$run/phase3" --set training.val_every=4 --set prompter.lr=3e-4 --stage prompter --max-minutes 35 \
+    > "$run/phase3/prompter.log" 2>&1 &
+wait
 
 "$py/python" -m promptsam.pretrained "$run/phase3/model.pt" --name default

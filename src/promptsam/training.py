@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,18 @@ from promptsam.data.layout import NucleusDataset, Sample, list_samples
 from promptsam.data.splits import VAL
 from promptsam.device import pick_device, resolve_precision
 from promptsam.errors import InputError
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """How long and how often, per training stage (each method's preset sets its own values)."""
+
+    max_epochs: int = 200
+    max_minutes: float | None = None
+    val_every: int = 5
+    samples_per_epoch: int | None = None  # None = one random sample per training case and epoch
+    precision: str = "auto"  # Lightning precision: auto -> bf16-mixed on bf16 hardware, else 32
+    seed: int = 2024
 
 
 def gather_samples(data: Sequence[str | os.PathLike], val: Sequence[str | os.PathLike] = ()) -> tuple[

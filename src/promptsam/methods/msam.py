@@ -50,6 +50,7 @@ from promptsam.models.detector3d import build_lesion_detector
 from promptsam.models.mea import MaskEnhancedAdapter
 from promptsam.models.msam import MSam
 from promptsam.models.sam3d.build import build_sam3d
+from promptsam.training import TrainingConfig
 
 FORMAT = "promptsam.msam/1"
 
@@ -112,18 +113,6 @@ class DetectorConfig:
     weight_decay: float = 1e-4
     threshold: float = 0.5  # on the detector's probability
     min_voxels: int = 3  # components smaller than this (at 1.5 mm) are ignored
-
-
-@dataclass(frozen=True)
-class TrainingConfig:
-    """How long and how often, per stage (detector, segmentor)."""
-
-    max_epochs: int = 200
-    max_minutes: float | None = None
-    val_every: int = 5
-    samples_per_epoch: int = 16
-    precision: str = "auto"
-    seed: int = 2023
 
 
 @dataclass(frozen=True)
@@ -535,11 +524,11 @@ def train_msam(config: MSAMConfig, data: list[str], val: list[str], out: str | o
     for stage in stages:
         if stage == "detector":
             task = DetectorTask(config, model)
-            ds = DetectorPatches(train_cases, config, length=t.samples_per_epoch, seed=t.seed)
+            ds = DetectorPatches(train_cases, config, length=t.samples_per_epoch or len(train_cases), seed=t.seed)
             batch = config.detector.batch_size
         elif stage == "segmentor":
             task = SegmentorTask(config, model)
-            ds = RegionCrops(train_cases, config.volume, length=t.samples_per_epoch, seed=t.seed)
+            ds = RegionCrops(train_cases, config.volume, length=t.samples_per_epoch or len(train_cases), seed=t.seed)
             batch = config.optim.batch_size
         else:
             raise ValueError(f"unknown stage {stage!r}; use 'detector' or 'segmentor'")

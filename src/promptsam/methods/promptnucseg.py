@@ -37,6 +37,7 @@ from promptsam.models import build_sam
 from promptsam.models.adapters import add_lora
 from promptsam.models.prompter import PointPrompter, pad_to_multiple
 from promptsam.models.sam.sam import PIXEL_MEAN, PIXEL_STD
+from promptsam.training import TrainingConfig
 
 
 # ----------------------------------------------------------------------------------------------- configuration
@@ -90,18 +91,6 @@ class InferenceConfig:
     also_without_negatives: bool = True  # with K > 0, keep a second candidate decoded without negatives
     precision: str = "auto"  # fp32 | bf16 | auto (bf16 where the hardware has it)
     min_area: int = 4
-
-
-@dataclass(frozen=True)
-class TrainingConfig:
-    """How long and how often: per stage (prompter, segmentor)."""
-
-    max_epochs: int = 200
-    max_minutes: float | None = None
-    val_every: int = 5
-    samples_per_epoch: int | None = None  # None = one random crop per training image
-    precision: str = "auto"  # Lightning precision: auto -> bf16-mixed on bf16 hardware, else 32
-    seed: int = 2024
 
 
 @dataclass(frozen=True)

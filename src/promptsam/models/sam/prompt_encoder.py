@@ -13,6 +13,19 @@ from promptsam.models.sam.common import LayerNorm2d
 NEGATIVE, POSITIVE, PADDING = 0, 1, -1
 
 
+def mask_downscaling(mask_in_chans: int, embed_dim: int, *, conv: type[nn.Module] = nn.Conv2d) -> nn.Sequential:
+    """Mask prompt -> dense embedding at 1/4 resolution (keys mask_downscaling.0..6); `conv=nn.Conv3d` in 3D."""
+    return nn.Sequential(
+        conv(1, mask_in_chans // 4, kernel_size=2, stride=2),
+        LayerNorm2d(mask_in_chans // 4),
+        nn.GELU(),
+        conv(mask_in_chans // 4, mask_in_chans, kernel_size=2, stride=2),
+        LayerNorm2d(mask_in_chans),
+        nn.GELU(),
+        conv(mask_in_chans, embed_dim, kernel_size=1),
+    )
+
+
 def label_points(encoder: nn.Module, emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Point tokens (..., C) from positional encodings and labels: padding -> `not_a_point_embed`, negatives and
     positives get `point_embeddings[0]` / `[1]` added (SAM's and SAM-Med3D's prompt encoders alike)."""
@@ -69,15 +82,7 @@ class PromptEncoder(nn.Module):
         # 0 negative point, 1 positive point, 2 box top-left, 3 box bottom-right
         self.point_embeddings = nn.ModuleList(nn.Embedding(1, embed_dim) for _ in range(4))
         self.not_a_point_embed = nn.Embedding(1, embed_dim)
-        self.mask_downscaling = nn.Sequential(
-            nn.Conv2d(1, mask_in_chans // 4, kernel_size=2, stride=2),
-            LayerNorm2d(mask_in_chans // 4),
-            nn.GELU(),
-            nn.Conv2d(mask_in_chans // 4, mask_in_chans, kernel_size=2, stride=2),
-            LayerNorm2d(mask_in_chans),
-            nn.GELU(),
-            nn.Conv2d(mask_in_chans, embed_dim, kernel_size=1),
-        )
+        self.mask_downscaling = mask_downscaling(mask_in_chans, embed_dim)
         self.no_mask_embed = nn.Embedding(1, embed_dim)
 
     def get_dense_pe(self) -> torch.Tensor:

@@ -12,8 +12,7 @@ import math
 import torch
 from torch import nn
 
-from promptsam.models.sam.prompt_encoder import PADDING, label_points
-from promptsam.models.sam3d.common import LayerNorm3d
+from promptsam.models.sam.prompt_encoder import PADDING, label_points, mask_downscaling
 
 Size3 = tuple[int, int, int]
 
@@ -65,15 +64,7 @@ class PromptEncoder3D(nn.Module):
         # 0 negative point, 1 positive point
         self.point_embeddings = nn.ModuleList(nn.Embedding(1, embed_dim) for _ in range(2))
         self.not_a_point_embed = nn.Embedding(1, embed_dim)
-        self.mask_downscaling = nn.Sequential(
-            nn.Conv3d(1, mask_in_chans // 4, kernel_size=2, stride=2),
-            LayerNorm3d(mask_in_chans // 4),
-            nn.GELU(),
-            nn.Conv3d(mask_in_chans // 4, mask_in_chans, kernel_size=2, stride=2),
-            LayerNorm3d(mask_in_chans),
-            nn.GELU(),
-            nn.Conv3d(mask_in_chans, embed_dim, kernel_size=1),
-        )
+        self.mask_downscaling = mask_downscaling(mask_in_chans, embed_dim, conv=nn.Conv3d)
         self.no_mask_embed = nn.Embedding(1, embed_dim)
 
     def get_dense_pe(self) -> torch.Tensor:

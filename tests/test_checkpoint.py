@@ -123,3 +123,14 @@ def test_registry_and_checkpoint_search(tmp_path, monkeypatch, good_file):
         find_checkpoint("vit_t")
     with pytest.raises(CheckpointError, match="unknown model 'vit_x'"):
         build_sam("vit_x")
+
+
+def test_builders_refuse_the_other_dimension_in_one_line():
+    from promptsam.errors import CheckpointError
+    from promptsam.models import build_sam
+    from promptsam.models.sam3d.build import build_sam3d
+
+    with pytest.raises(CheckpointError, match="'sam_med3d' is not a 2D SAM"):
+        build_sam("sam_med3d")
+    with pytest.raises(CheckpointError, match="'vit_b' is not a 3D model"):
+        build_sam3d("vit_b")

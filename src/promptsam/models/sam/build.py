@@ -6,6 +6,7 @@ import os
 
 from torch import nn
 
+from promptsam.errors import CheckpointError
 from promptsam.models.checkpoint import load_checkpoint
 from promptsam.models.registry import find_checkpoint, get_entry, register_model
 from promptsam.models.sam.image_encoder import ImageEncoderViT
@@ -14,6 +15,7 @@ from promptsam.models.sam.prompt_encoder import PromptEncoder
 from promptsam.models.sam.sam import Sam
 
 PROMPT_EMBED_DIM = 256
+SAM2D_NAMES = ("vit_b", "vit_l", "vit_h", "vit_t")
 SAM_SOURCE = "https://github.com/facebookresearch/segment-anything#model-checkpoints"
 SAM_LICENCE = "Apache-2.0"
 
@@ -35,6 +37,8 @@ def build_sam(
     if image_size % 64:
         raise ValueError(f"image_size must be a multiple of 64, got {image_size}")
     entry = get_entry(name)
+    if name not in SAM2D_NAMES:
+        raise CheckpointError(f"{name!r} is not a 2D SAM; 2D models: {', '.join(SAM2D_NAMES)} (3D: build_sam3d)")
     kwargs = {"window_size": window_size} if window_size is not None else {}
     model = entry.builder(image_size=image_size, **kwargs)
     model.arch_name = name

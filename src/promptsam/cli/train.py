@@ -11,43 +11,43 @@ import yaml
 from promptsam.errors import PromptSAMError
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("train", help="train a method (promptnucseg, msam) on your data")
-    methods = parser.add_subparsers(dest="method", metavar="METHOD", required=True)
-    p = methods.add_parser("promptnucseg", help="PromptNucSeg: point prompter + SAM segmentor")
-    p.add_argument("--data", action="append", required=True,
-                   help="dataset folder in the uniform layout (repeat for several); known development datasets "
-                        "keep their frozen validation cases out unless --val is given")
+def _run_arguments(p: argparse.ArgumentParser, *, data_help: str, preset: str, preset_help: str,
+                   stages: list[str]) -> None:
+    """The options every `train METHOD` shares: data, run folder, preset and overrides, budget, threads."""
+    p.add_argument("--data", action="append", required=True, help=data_help)
     p.add_argument("--val", action="append", default=[], help="validation folder(s)")
-    p.add_argument("--preset", default="promptnucseg_cpu", help="preset name or YAML file")
+    p.add_argument("--preset", default=preset, help=preset_help)
     p.add_argument("--out", required=True, help="run folder (re-running resumes from it)")
-    p.add_argument("--stage", choices=["prompter", "segmentor", "both"], default="both")
+    p.add_argument("--stage", choices=[*stages, "both"], default="both")
     p.add_argument("--max-minutes", type=float, default=None, help="time budget per stage (overrides the preset)")
-    p.add_argument("--sam-checkpoint", default=None, help="official SAM/MobileSAM file to start the segmentor from")
-    p.add_argument("--peft", choices=["lora"], default=None, help="parameter-efficient fine-tuning of the encoder")
-    p.add_argument("--rank", type=int, default=None, help="LoRA rank (with --peft lora)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a preset value, e.g. --set segmentor.lr=1e-4 (YAML value syntax)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("train", help="train a method (promptnucseg, msam) on your data")
+    methods = parser.add_subparsers(dest="method", metavar="METHOD", required=True)
+    p = methods.add_parser("promptnucseg", help="PromptNucSeg: point prompter + SAM segmentor")
+    _run_arguments(p, data_help="dataset folder in the uniform layout (repeat for several); known development "
+                                "datasets keep their frozen validation cases out unless --val is given",
+                   preset="promptnucseg_cpu", preset_help="preset name or YAML file", stages=["prompter", "segmentor"])
+    p.add_argument("--sam-checkpoint", default=None, help="official SAM/MobileSAM file to start the segmentor from")
+    p.add_argument("--peft", choices=["lora"], default=None, help="parameter-efficient fine-tuning of the encoder")
+    p.add_argument("--rank", type=int, default=None, help="LoRA rank (with --peft lora)")
     p.set_defaults(func=run)
 
     m = methods.add_parser("msam", help="M-SAM: 3D lesions (SAM-Med3D + MEA + click refinement) and the lesion "
                                         "detector of the automatic mode")
-    m.add_argument("--data", action="append", required=True,
-                   help="3D dataset folder: nnU-Net style (imagesTr/labelsTr) or the uniform layout (repeatable)")
-    m.add_argument("--val", action="append", default=[], help="validation folder(s)")
-    m.add_argument("--preset", default="msam_cpu", help="preset name (msam_paper, msam_cpu) or YAML file")
-    m.add_argument("--out", required=True, help="run folder (re-running resumes from it)")
-    m.add_argument("--stage", choices=["detector", "segmentor", "both"], default="both")
-    m.add_argument("--max-minutes", type=float, default=None, help="time budget per stage (overrides the preset)")
+    _run_arguments(m, data_help="3D dataset folder: nnU-Net style (imagesTr/labelsTr) or the uniform layout "
+                                "(repeatable)",
+                   preset="msam_cpu", preset_help="preset name (msam_paper, msam_cpu) or YAML file",
+                   stages=["detector", "segmentor"])
     m.add_argument("--sam-checkpoint", default=None, help="official sam_med3d_turbo.pth to start M-SAM from")
     m.add_argument("--rank", type=int, default=None, help="LoRA rank on the encoder (0 = train the whole encoder)")
     m.add_argument("--loss-rounds", choices=["all", "last"], default=None,
                    help="loss on every click round (released code) or the last one (rebuttal)")
-    m.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a preset value")
-    m.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    m.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     m.set_defaults(func=run_msam)
 
 

@@ -125,6 +125,14 @@ class GaussianNoise:
         return sample
 
 
+def _zoom(sample: Sample, f: float, **options: Any) -> Sample:
+    """Resize the image (bilinear, kept uint8) and the maps (nearest) by `f` with ndimage.zoom `options`."""
+    sample["image"] = np.clip(ndimage.zoom(sample["image"], (f, f, 1), order=1, **options), 0, 255).astype(np.uint8)
+    for k in _maps(sample):
+        sample[k] = ndimage.zoom(sample[k], f, order=0, **options)
+    return sample
+
+
 class RandomScale:
     """Rescale image and maps by a factor in `scale` (bilinear / nearest) with probability p (magnification)."""
 
@@ -134,11 +142,7 @@ class RandomScale:
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
         if rng.random() >= self.p:
             return sample
-        f = rng.uniform(*self.scale)
-        sample["image"] = np.clip(ndimage.zoom(sample["image"], (f, f, 1), order=1), 0, 255).astype(np.uint8)
-        for k in _maps(sample):
-            sample[k] = ndimage.zoom(sample[k], f, order=0)
-        return sample
+        return _zoom(sample, rng.uniform(*self.scale))
 
 
 class Zoom:
@@ -148,13 +152,9 @@ class Zoom:
         self.factor = factor
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
-        f = self.factor
-        if f != 1:
-            sample["image"] = np.clip(ndimage.zoom(sample["image"], (f, f, 1), order=1, grid_mode=True,
-                                                   mode="nearest"), 0, 255).astype(np.uint8)
-            for k in _maps(sample):
-                sample[k] = ndimage.zoom(sample[k], f, order=0, grid_mode=True, mode="nearest")
-        return sample
+        if self.factor == 1:
+            return sample
+        return _zoom(sample, self.factor, grid_mode=True, mode="nearest")
 
 
 def training_transforms(crop: int = 256, *, zoom: float = 1.0, seed: int | None = None) -> Compose:

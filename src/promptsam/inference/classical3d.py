@@ -15,6 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from promptsam.metrics.semantic import dice
+from promptsam.metrics.volume import remove_small_lesions
 
 __all__ = ["brain_mask", "choose_percentile", "dice_table", "percentile_threshold"]
 
@@ -43,13 +44,7 @@ def percentile_threshold(
     if not mask.any():
         return np.zeros(volume.shape, dtype=bool)
     out = mask & (volume > np.percentile(volume[mask], percentile))
-    if min_size > 0 and out.any():
-        labels, n = ndimage.label(out, structure=np.ones((3, 3, 3), dtype=bool))
-        sizes = np.bincount(labels.ravel(), minlength=n + 1)
-        keep = sizes >= min_size
-        keep[0] = False
-        out = keep[labels]
-    return out
+    return remove_small_lesions(out, min_voxels=min_size) if min_size > 0 else out
 
 
 def dice_table(

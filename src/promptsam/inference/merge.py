@@ -7,6 +7,16 @@ import torch
 from torchvision.ops import nms
 
 
+def keep_large(labels: np.ndarray, *, min_area: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Relabel a map to ids 1..K in ascending order of the old ids, dropping those with fewer than `min_area` pixels;
+    returns the uint32 map and, for each new id, its old id."""
+    ids, counts = np.unique(labels[labels > 0], return_counts=True)
+    ids = ids[counts >= min_area].astype(np.int64)
+    lut = np.zeros(int(labels.max()) + 1 if labels.size else 1, np.uint32)
+    lut[ids] = np.arange(1, len(ids) + 1, dtype=np.uint32)
+    return lut[labels], ids
+
+
 def box_nms(boxes: np.ndarray, scores: np.ndarray, *, iou_threshold: float = 0.5) -> np.ndarray:
     """Indices of boxes kept by greedy NMS, highest score first (torchvision's kernel)."""
     if len(boxes) == 0:
@@ -44,11 +54,8 @@ def paint_crops(
         crop = crops[i]
         region = labels[y : y + crop.shape[0], x : x + crop.shape[1]]
         region[crop[: region.shape[0], : region.shape[1]]] = n - rank
-    ids, counts = np.unique(labels[labels > 0], return_counts=True)
-    ids = ids[counts >= min_area]  # painted value n - rank: ascending value = descending score
-    lut = np.zeros(n + 1, np.uint32)
-    lut[ids] = np.arange(1, len(ids) + 1, dtype=np.uint32)
-    return lut[labels], order[n - ids]
+    labels, ids = keep_large(labels, min_area=min_area)  # painted value n - rank: ascending = descending score
+    return labels, order[n - ids]
 
 
 def shrink_labels(labels: np.ndarray, shape: tuple[int, int], *, min_area: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -60,9 +67,4 @@ def shrink_labels(labels: np.ndarray, shape: tuple[int, int], *, min_area: int =
     h, w = shape
     rows = np.minimum(((np.arange(h) + 0.5) * labels.shape[0] / h).astype(np.int64), labels.shape[0] - 1)
     cols = np.minimum(((np.arange(w) + 0.5) * labels.shape[1] / w).astype(np.int64), labels.shape[1] - 1)
-    small = labels[rows[:, None], cols[None, :]]
-    ids, counts = np.unique(small[small > 0], return_counts=True)
-    ids = ids[counts >= min_area]
-    lut = np.zeros(int(labels.max()) + 1, np.uint32)
-    lut[ids] = np.arange(1, len(ids) + 1, dtype=np.uint32)
-    return lut[small], ids.astype(np.int64)
+    return keep_large(labels[rows[:, None], cols[None, :]], min_area=min_area)

@@ -46,6 +46,7 @@ from promptsam.inference.clicks import LOGIT_THRESHOLD, first_clicks, next_click
 from promptsam.io.volumes import Volume, read_pair, read_volume
 from promptsam.losses.volume import click_rounds_loss, dice_ce_loss
 from promptsam.metrics.semantic import dice
+from promptsam.metrics.volume import remove_small_lesions
 from promptsam.models.detector3d import build_lesion_detector
 from promptsam.models.mea import MaskEnhancedAdapter
 from promptsam.models.msam import MSam
@@ -254,11 +255,13 @@ class MSAM(nn.Module):
             rounds = len(clicks)
         else:
             grid_ref = self.lesion_probability(grid_image) > self.config.detector.threshold
-            grid_ref = _drop_small(grid_ref, self.config.detector.min_voxels)
+            # components as `_regions` labels them (scipy's default, 6-connected)
+            grid_ref = remove_small_lesions(grid_ref, min_voxels=self.config.detector.min_voxels, connectivity=6)
             centres, mode = self._regions(grid_ref), "automatic"
             rounds = rounds or self.config.clicks.auto_rounds
         probability = np.zeros(grid_image.shape, np.float32)
         regions = []
+        dtype = resolve_precision(self.config.training.precision, self.device)
         for centre in centres:
             patch, crop = crop_or_pad(grid_image, centre, size=vcfg.size)
             x = torch.from_numpy(normalize_intensity(patch, modality=vcfg.modality))[None, None].to(self.device)
@@ -269,7 +272,6 @@ class MSAM(nn.Module):
                           torch.tensor([[int(clicks[i]["label"])]])) for i in range(rounds)]
             else:
                 ref = torch.from_numpy(crop_or_pad(grid_ref, centre, size=vcfg.size)[0])[None]
-            dtype = resolve_precision(self.config.training.precision, self.device)
             with autocast(self.device, dtype):
                 logits = self.refine(x, ref, rounds=rounds, generator=generator, clicks=given)[-1]
             prob = torch.sigmoid(logits[0, 0].float() - LOGIT_THRESHOLD).cpu().numpy()  # 0.5 at the official cut
@@ -312,17 +314,6 @@ def _without_weights(config: dict) -> dict:
     return config
 
 
-def _drop_small(mask: np.ndarray, min_voxels: int) -> np.ndarray:
-    """`mask` without connected components smaller than `min_voxels`."""
-    labels, n = ndimage.label(mask)
-    if n == 0 or min_voxels <= 1:
-        return mask
-    sizes = np.bincount(labels.ravel())
-    keep = sizes >= min_voxels
-    keep[0] = False
-    return keep[labels]
-
-
 def _to_input(centre: tuple[float, ...], to_grid: np.ndarray) -> list[float]:
     """Grid voxel coordinates -> input voxel coordinates."""
     back = np.linalg.inv(to_grid) @ np.array([*centre, 1.0])
@@ -336,9 +327,11 @@ class LesionCase:
     A plain class, not a dataclass: Lightning walks dataclass batches to move them and refuses frozen members.
     """
 
-    def __init__(self, name: str, image: np.ndarray, label: np.ndarray, volume: Volume, reference: np.ndarray):
+    def __init__(self, name: str, image: np.ndarray, grid_affine: np.ndarray, label: np.ndarray, volume: Volume,
+                 reference: np.ndarray):
         self.name = name
         self.image = image  # raw intensities on the 1.5 mm grid
+        self.grid_affine = grid_affine  # that grid's affine
         self.label = label  # bool on the 1.5 mm grid
         self.volume = volume  # the input as read (for scoring on the input grid)
         self.reference = reference  # the label on the input grid
@@ -349,10 +342,18 @@ def load_cases(samples: list, *, spacing: float) -> list[LesionCase]:
     out = []
     for s in samples:
         image, label = read_pair(s.image, s.label)
-        grid, _ = resample(image.array, image.affine, spacing=spacing)
+        grid, grid_affine = resample(image.array, image.affine, spacing=spacing)
         grid_label, _ = resample(label.array.astype(np.uint8), label.affine, spacing=spacing, mode="nearest")
-        out.append(LesionCase(s.name, grid, grid_label > 0, image, label.array > 0))
+        out.append(LesionCase(s.name, grid, grid_affine, grid_label > 0, image, label.array > 0))
     return out
+
+
+def _flipped_pair(image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    """Image and label flipped together along each axis with probability 0.5, as (1, D, H, W) tensors."""
+    for axis in range(3):
+        if rng.random() < 0.5:
+            image, label = np.flip(image, axis), np.flip(label, axis)
+    return {"image": torch.from_numpy(image.copy())[None], "label": torch.from_numpy(label.copy())[None]}
 
 
 class RegionCrops(Dataset):
@@ -374,10 +375,7 @@ class RegionCrops(Dataset):
             if label.sum() >= cfg.min_foreground:
                 break
         image = normalize_intensity(crop_or_pad(case.image, centre, size=cfg.size)[0], modality=cfg.modality)
-        for axis in range(3):
-            if self.rng.random() < 0.5:
-                image, label = np.flip(image, axis), np.flip(label, axis)
-        return {"image": torch.from_numpy(image.copy())[None], "label": torch.from_numpy(label.copy())[None]}
+        return _flipped_pair(image, label, self.rng)
 
 
 class DetectorPatches(Dataset):
@@ -401,10 +399,7 @@ class DetectorPatches(Dataset):
             centre = [self.rng.integers(s) for s in self.images[k].shape]
         image = crop_or_pad(self.images[k], centre, size=self.patch, fill=float(self.images[k].min()))[0]
         label = crop_or_pad(self.labels[k], centre, size=self.patch)[0]
-        for axis in range(3):
-            if self.rng.random() < 0.5:
-                image, label = np.flip(image, axis), np.flip(label, axis)
-        return {"image": torch.from_numpy(image.copy())[None], "label": torch.from_numpy(label.copy())[None]}
+        return _flipped_pair(image, label, self.rng)
 
 
 class _Task(L.LightningModule):
@@ -484,10 +479,8 @@ class DetectorTask(_Task):
 
     def validation_step(self, case: LesionCase, batch_idx: int) -> None:
         """Detector alone: Dice of its thresholded map on the input grid."""
-        grid_affine = resample(case.volume.array[:2, :2, :2], case.volume.affine,
-                               spacing=self.config.volume.spacing)[1]
         prob = self.model.lesion_probability(case.image)
-        back = resample_to(prob, grid_affine, target_affine=case.volume.affine, target_shape=case.reference.shape,
+        back = resample_to(prob, case.grid_affine, target_affine=case.volume.affine, target_shape=case.reference.shape,
                            mode="bilinear")
         self._val.append(dice(case.reference, back > self.config.detector.threshold))
 

@@ -23,7 +23,7 @@ from scipy import ndimage
 
 from promptsam.metrics.semantic import check_same_shape, score_volume
 
-__all__ = ["connected_lesions", "lesion_detection", "score_lesions"]
+__all__ = ["connected_lesions", "lesion_detection", "remove_small_lesions", "score_lesions"]
 
 
 def connected_lesions(mask: np.ndarray, *, connectivity: int = 26) -> tuple[np.ndarray, int]:
@@ -36,6 +36,17 @@ def connected_lesions(mask: np.ndarray, *, connectivity: int = 26) -> tuple[np.n
         raise ValueError(f"connectivity must be 6, 18 or 26, got {connectivity}")
     labels, n = ndimage.label(mask, structure=ndimage.generate_binary_structure(3, rank))
     return labels.astype(np.int32, copy=False), int(n)
+
+
+def remove_small_lesions(mask: np.ndarray, *, min_voxels: int, connectivity: int = 26) -> np.ndarray:
+    """Boolean `mask` without the connected components of fewer than `min_voxels` voxels."""
+    mask = np.asarray(mask) != 0
+    if min_voxels <= 1 or not mask.any():
+        return mask
+    labels, n = connected_lesions(mask, connectivity=connectivity)
+    keep = np.bincount(labels.ravel(), minlength=n + 1) >= min_voxels
+    keep[0] = False
+    return keep[labels]
 
 
 def lesion_detection(gt: np.ndarray, pred: np.ndarray, *, connectivity: int = 26) -> dict[str, float]:

@@ -91,3 +91,15 @@ def find_checkpoint(name: str) -> Path:
 def _import_builders() -> None:
     # builders register themselves on import
     import promptsam.models.sam.build  # noqa: F401
+
+
+def with_weights(model: nn.Module, name: str, *, checkpoint: str | os.PathLike | None, pretrained: bool) -> nn.Module:
+    """Tag a freshly built `name` model and load its weights: `checkpoint`, or the official file when `pretrained`."""
+    from promptsam.models.checkpoint import load_checkpoint
+
+    model.arch_name = name
+    if pretrained and checkpoint is None:
+        checkpoint = find_checkpoint(name)
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
+    return model

@@ -7,8 +7,7 @@ import os
 from torch import nn
 
 from promptsam.errors import CheckpointError
-from promptsam.models.checkpoint import load_checkpoint
-from promptsam.models.registry import find_checkpoint, get_entry, register_model
+from promptsam.models.registry import get_entry, register_model, with_weights
 from promptsam.models.sam.image_encoder import ImageEncoderViT
 from promptsam.models.sam.mask_decoder import MaskDecoder
 from promptsam.models.sam.prompt_encoder import PromptEncoder
@@ -41,12 +40,7 @@ def build_sam(
         raise CheckpointError(f"{name!r} is not a 2D SAM; 2D models: {', '.join(SAM2D_NAMES)} (3D: build_sam3d)")
     kwargs = {"window_size": window_size} if window_size is not None else {}
     model = entry.builder(image_size=image_size, **kwargs)
-    model.arch_name = name
-    if pretrained and checkpoint is None:
-        checkpoint = find_checkpoint(name)
-    if checkpoint is not None:
-        load_checkpoint(model, checkpoint)
-    return model
+    return with_weights(model, name, checkpoint=checkpoint, pretrained=pretrained)
 
 
 def _sam(image_encoder: nn.Module, image_size: int) -> Sam:

@@ -6,8 +6,7 @@ import os
 
 import promptsam.models.sam.build  # noqa: F401  (the 2D models register first and stay first in list_models)
 from promptsam.errors import CheckpointError
-from promptsam.models.checkpoint import load_checkpoint
-from promptsam.models.registry import find_checkpoint, get_entry, register_model
+from promptsam.models.registry import get_entry, register_model, with_weights
 from promptsam.models.sam3d.image_encoder import ImageEncoderViT3D
 from promptsam.models.sam3d.mask_decoder import MaskDecoder3D
 from promptsam.models.sam3d.prompt_encoder import PromptEncoder3D
@@ -31,13 +30,7 @@ def build_sam3d(
     entry = get_entry(name)
     if name not in ALL_SAM3D:
         raise CheckpointError(f"{name!r} is not a 3D model; 3D models: {', '.join(ALL_SAM3D)}")
-    model = entry.builder()
-    model.arch_name = name
-    if pretrained and checkpoint is None:
-        checkpoint = find_checkpoint(name)
-    if checkpoint is not None:
-        load_checkpoint(model, checkpoint)
-    return model
+    return with_weights(entry.builder(), name, checkpoint=checkpoint, pretrained=pretrained)
 
 
 def _build_sam3d(*, embed_dim: int, depth: int, num_heads: int, global_attn_indexes: tuple[int, ...],

@@ -265,3 +265,30 @@ def test_lora_trains_adapters_only_and_round_trips(tmp_path):
     assert not any(p.requires_grad for p in model.segmentor.prompt_encoder.parameters())
     again = PromptNucSeg.load(model.save(tmp_path / "lora.pt"), device="cpu")
     assert set(again.state_dict()) == set(model.state_dict())
+
+
+def test_detail_branch_starts_as_plain_sam_then_trains(crops):
+    """The high-resolution branch (models.sam.detail) leaves SAM's masks unchanged until trained, then gets
+    gradients; decoding without its features is refused."""
+    base = {"segmentor.image_size": 128, "prompter.backbone": "resnet18", "prompter.fpn_channels": 32,
+            "prompter.num_levels": 2, "inference.precision": "fp32"}
+    torch.manual_seed(0)
+    plain = PromptNucSeg(load_config("promptnucseg_cpu", {**base, "segmentor.detail": False})).eval()
+    detailed = PromptNucSeg(load_config("promptnucseg_cpu", {**base, "segmentor.detail": True})).eval()
+    missing = detailed.segmentor.load_state_dict(plain.segmentor.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith("detail.") for k in missing)
+    from promptsam.data.targets import nucleus_points
+
+    points, _ = nucleus_points(crops[0]["label"])
+    a = plain.segment(crops[0]["image"], points=points).labels
+    b = detailed.segment(crops[0]["image"], points=points).labels
+    assert np.array_equal(a, b)
+
+    sam = detailed.segmentor
+    images = sam.normalize(torch.from_numpy(crops[0]["image"]).permute(2, 0, 1)[None].float())
+    prompt = (torch.tensor([[[40.0, 40.0]]]), torch.ones(1, 1, dtype=torch.long))
+    with pytest.raises(ValueError, match="image_details"):
+        sam.decode(sam.embed_images(images), points=prompt)
+    low, _ = sam.decode(sam.embed_images(images), points=prompt, image_details=sam.embed_details(images))
+    low.sum().backward()
+    assert sam.detail.out.weight.grad.abs().sum() > 0

@@ -86,6 +86,7 @@ def segment_points(
         x_in = sam.normalize(torch.from_numpy(batch).permute(0, 3, 1, 2).to(device))
         with autocast(device, autocast_dtype):
             embeddings = sam.embed_images(x_in)
+            details = sam.embed_details(x_in)
         for j, t in enumerate(group):
             y0, x0 = corners[t]
             members = np.flatnonzero(owner == t)
@@ -96,7 +97,8 @@ def segment_points(
                     pts = torch.from_numpy(coords[ids] - shift).to(device)
                     lbl = torch.from_numpy(variant[ids]).to(device)
                     with autocast(device, autocast_dtype):
-                        low, iou = sam.decode(embeddings[j : j + 1], points=(pts, lbl))
+                        low, iou = sam.decode(embeddings[j : j + 1], points=(pts, lbl),
+                                              image_details=None if details is None else details[j : j + 1])
                     masks = F.interpolate(low.float(), (size, size), mode="bilinear", align_corners=False)[:, 0] > 0
                     masks = masks.cpu().numpy()
                     for m, s, i in zip(masks, iou[:, 0].float().cpu().numpy(), ids, strict=True):

@@ -36,6 +36,7 @@ class SamPredictor:
         self.model = model.to(self.device).eval()
         self.autocast_dtype = resolve_precision(precision, self.device)
         self.embedding: torch.Tensor | None = None
+        self.details: torch.Tensor | None = None
         self.original_size: tuple[int, int] | None = None
         self.input_size: tuple[int, int] | None = None
 
@@ -48,7 +49,10 @@ class SamPredictor:
         x = resize_longest_side(x, self.model.image_size)
         self.input_size = tuple(x.shape[-2:])
         with autocast(self.device, self.autocast_dtype):
-            self.embedding = self.model.embed_images(self.model.normalize(x)).float()
+            x = self.model.normalize(x)
+            self.embedding = self.model.embed_images(x).float()
+            details = self.model.embed_details(x)
+            self.details = None if details is None else details.float()
 
     def _to_input_frame(self, coords: np.ndarray) -> torch.Tensor:
         h, w = self.original_size
@@ -104,6 +108,7 @@ class SamPredictor:
                     boxes=box_t[sl] if box_t is not None else None,
                     mask_inputs=mask_t[sl] if mask_t is not None else None,
                     multimask_output=multimask_output,
+                    image_details=self.details,
                 )
             low, iou = low.float(), iou.float()
             if return_masks:

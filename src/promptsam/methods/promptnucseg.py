@@ -36,6 +36,7 @@ from promptsam.metrics import detection_scores, score_instances
 from promptsam.models import build_sam
 from promptsam.models.adapters import add_lora
 from promptsam.models.prompter import PointPrompter, pad_to_multiple
+from promptsam.models.sam.detail import DetailEncoder
 from promptsam.models.sam.sam import PIXEL_MEAN, PIXEL_STD
 from promptsam.training import TrainingConfig
 
@@ -72,6 +73,7 @@ class SegmentorConfig:
     image_size: int = 256
     scale: float = 1.0  # magnification at which SAM sees the image (1 = native, as in the paper; 2 = upsampled 2x)
     pe_scale: float = 1.0  # from scratch only: std of the prompt encoder's random Fourier frequencies (SAM: 1)
+    detail: bool = False  # [A] add a high-resolution image branch to the mask decoder (models.sam.detail)
     num_objects: int = 25  # Z prompts per training image
     num_negatives: int = 0  # K: the released configs use 0, the paper's full model 1
     focal_weight: float = 20.0
@@ -143,6 +145,8 @@ def build_segmentor(cfg: SegmentorConfig) -> nn.Module:
         # 16 px apart in a 256 window, which a pretrained decoder copes with but one trained from scratch does not.
         with torch.no_grad():
             sam.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.mul_(cfg.pe_scale)
+    if cfg.detail:
+        sam.detail = DetailEncoder(channels=sam.mask_decoder.transformer_dim // 8)
     if cfg.peft == "lora":
         add_lora(sam.image_encoder, rank=cfg.lora_rank)
     elif cfg.peft is not None:
@@ -394,7 +398,7 @@ class SegmentorTask(_Task):
         sam = self.model.segmentor
         embeddings = sam.embed_images(batch["images"])
         low, iou = sam.decode(embeddings, points=(batch["coords"], batch["point_labels"]),
-                              image_index=batch["image_index"])
+                              image_index=batch["image_index"], image_details=sam.embed_details(batch["images"]))
         size = batch["images"].shape[-1]
         logits = F.interpolate(low.float(), (size, size), mode="bilinear", align_corners=False)[:, 0]
         losses = segmentor_loss(logits, batch["masks"], iou[:, 0], focal_weight=self.config.segmentor.focal_weight)

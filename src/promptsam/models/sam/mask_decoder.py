@@ -51,14 +51,16 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool,
         image_index: torch.Tensor | None = None,
+        image_details: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Masks (N, M, 4h, 4w) and IoU (N, M) for N prompts; M = 3 with multimask_output, else 1.
 
         `image_embeddings` is (B, C, h, w); prompt i reads image `image_index[i]` (all zeros when omitted, so a
-        single image serves every prompt, as in the official decoder).
+        single image serves every prompt, as in the official decoder). `image_details` (B, 4h, 4w, C/8), when
+        given, are added to the upscaled embedding (models.sam.detail).
         """
         masks, iou_pred = self.predict_masks(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, image_index
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, image_index, image_details
         )
         chosen = slice(1, None) if multimask_output else slice(0, 1)
         return masks[:, chosen], iou_pred[:, chosen]
@@ -70,6 +72,7 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         image_index: torch.Tensor | None = None,
+        image_details: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """All mask-token outputs: masks (N, 4, 4h, 4w) and IoU (N, 4)."""
         n = sparse_prompt_embeddings.shape[0]
@@ -82,6 +85,7 @@ class MaskDecoder(nn.Module):
             dense = dense[:1]
         if image_index is not None and image_embeddings.shape[0] > 1:
             image_embeddings = image_embeddings[image_index]
+            image_details = image_details[image_index] if image_details is not None else None
         # when every prompt reads one image with one dense embedding, src keeps a batch of 1: while the image
         # tokens are still the same for all prompts (layer 0) their projections are computed once and broadcast
         src = image_embeddings + dense
@@ -91,6 +95,8 @@ class MaskDecoder(nn.Module):
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
 
         upscaled = self.upscale(src.expand(n, -1, -1), (h, w))  # (N, 4h, 4w, C/8), channels last
+        if image_details is not None:
+            upscaled = upscaled + image_details.to(upscaled.dtype)
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )

@@ -22,6 +22,7 @@ class Sam(nn.Module):
         self.image_encoder = image_encoder
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
+        self.detail: nn.Module | None = None  # optional high-resolution branch (models.sam.detail), off in SAM
         self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(-1, 1, 1), persistent=False)
 
@@ -44,6 +45,10 @@ class Sam(nn.Module):
         """Image embeddings (B, 256, s/16, s/16) of normalised, padded (B, 3, s, s) images."""
         return self.image_encoder(images)
 
+    def embed_details(self, images: torch.Tensor) -> torch.Tensor | None:
+        """High-resolution features (B, s/4, s/4, C/8) of the detail branch, or None for a plain SAM."""
+        return None if self.detail is None else self.detail(images)
+
     def decode(
         self,
         image_embeddings: torch.Tensor,
@@ -53,8 +58,12 @@ class Sam(nn.Module):
         mask_inputs: torch.Tensor | None = None,
         multimask_output: bool = False,
         image_index: torch.Tensor | None = None,
+        image_details: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Low-resolution mask logits (N, M, s/4, s/4) and predicted IoU (N, M) for N prompted objects."""
+        """Low-resolution mask logits (N, M, s/4, s/4) and predicted IoU (N, M) for N prompted objects;
+        `image_details` are `embed_details` of the same images (required when the model has a detail branch)."""
+        if (image_details is None) != (self.detail is None):
+            raise ValueError("image_details must be given exactly when the model has a detail branch")
         sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=mask_inputs)
         return self.mask_decoder(
             image_embeddings=image_embeddings,
@@ -63,4 +72,5 @@ class Sam(nn.Module):
             dense_prompt_embeddings=dense,
             multimask_output=multimask_output,
             image_index=image_index,
+            image_details=image_details,
         )

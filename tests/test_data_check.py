@@ -91,8 +91,8 @@ def test_3d_affine_nan_and_float_labels(tmp_path):
     write_volume(tmp_path / "labelsTr" / "nan.nii.gz", lab, np.eye(4))
     report = check_dataset(tmp_path)
     problems, warnings = "\n".join(_messages(report, "problem")), "\n".join(_messages(report, "warning"))
-    assert "moved.nii.gz: affine differs" in problems
-    assert "nan_0000.nii.gz: volume contains NaN" in problems
+    assert "moved.nii.gz: affine differs from the image affine by up to 1 mm" in problems
+    assert "nan_0000.nii.gz: volume contains 1 NaN or infinite voxel(s)" in problems
     assert "ok.nii.gz: labels stored as float32" in warnings
 
 

@@ -58,7 +58,9 @@ def test_nnunet_layout(tmp_path):
     assert [s.name for s in samples] == ["case_001", "case_002"]
     assert samples[0].is_3d and samples[0].label.name == "case_001.nii.gz"
     item = NucleusDataset(samples)[0]
-    assert item["image"].shape == (4, 5, 6) and np.allclose(item["affine"], affine)
+    assert item["image"].shape == (4, 5, 6) and item["image"].dtype == np.float32
+    assert np.allclose(item["affine"], affine) and item["spacing"] == pytest.approx((1.0, 1.0, 1.0))
+    assert item["label"].shape == (4, 5, 6) and np.issubdtype(item["label"].dtype, np.integer)
 
 
 def test_nucleus_dataset_items_and_transform(tmp_path):

@@ -1,4 +1,4 @@
-"""Reading and writing images, label maps and volumes (promptsam.io.images)."""
+"""Reading and writing images and label maps (promptsam.io.images), and the package-level NIfTI API."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import tifffile
 from PIL import Image
 
 from promptsam.errors import InputError
-from promptsam.io import read_image, read_label_volume, read_labels, read_volume, write_labels, write_volume
+from promptsam.io import Volume, read_image, read_label, read_labels, read_volume, write_labels, write_volume
 
 RNG = np.random.default_rng(0)
 
@@ -115,15 +115,35 @@ def test_volume_round_trip_keeps_affine_and_spacing(tmp_path):
     affine = np.diag([0.5, 0.7, 2.0, 1.0])
     affine[:3, 3] = [10, -4, 3]
     write_volume(tmp_path / "v.nii.gz", vol, affine)
-    arr, aff, spacing = read_volume(tmp_path / "v.nii.gz")
-    assert np.array_equal(arr, vol) and np.allclose(aff, affine)
-    assert spacing == pytest.approx((0.5, 0.7, 2.0))
-    write_volume(tmp_path / "m.nii.gz", (vol > 0.5), affine)
-    labels, _, _ = read_label_volume(tmp_path / "m.nii.gz")
-    assert labels.dtype == np.uint8 and np.array_equal(labels, vol > 0.5)
-    with pytest.raises(InputError, match="bad.nii.gz"):
-        (tmp_path / "bad.nii.gz").write_bytes(b"garbage")
-        read_volume(tmp_path / "bad.nii.gz")
+    read = read_volume(tmp_path / "v.nii.gz")
+    assert isinstance(read, Volume) and read.path == tmp_path / "v.nii.gz"
+    assert np.array_equal(read.array, vol) and np.allclose(read.affine, affine)
+    assert read.spacing == pytest.approx((0.5, 0.7, 2.0))
+    write_volume(tmp_path / "m.nii.gz", (vol > 0.5), read)  # like=Volume keeps its geometry
+    labels = read_label(tmp_path / "m.nii.gz")
+    assert labels.array.dtype == np.uint8 and np.array_equal(labels.array, vol > 0.5)
+    assert np.allclose(labels.affine, affine) and labels.spacing == pytest.approx((0.5, 0.7, 2.0))
+
+
+def test_nifti_label_map_via_read_labels(tmp_path):
+    lab = np.zeros((4, 5, 6), np.int16)
+    lab[1:3, 1:3, 1:3], lab[0, 0, 0] = 3, 7
+    write_volume(tmp_path / "l.nii.gz", lab, np.eye(4))
+    out = read_labels(tmp_path / "l.nii.gz")
+    assert np.issubdtype(out.dtype, np.integer) and np.array_equal(out, lab)
+    write_volume(tmp_path / "e.nii.gz", np.zeros((4, 5, 6), np.uint8), np.eye(4))
+    assert read_labels(tmp_path / "e.nii.gz").max() == 0  # empty label maps are valid here
+    write_volume(tmp_path / "neg.nii.gz", -lab, np.eye(4))
+    with pytest.raises(InputError, match=r"neg\.nii\.gz: label has negative values"):
+        read_labels(tmp_path / "neg.nii.gz")
+
+
+def test_bad_nifti_is_one_line_error_naming_the_file(tmp_path):
+    (tmp_path / "bad.nii.gz").write_bytes(b"garbage")
+    for reader in (read_volume, read_label, read_labels):
+        with pytest.raises(InputError, match=r"bad\.nii\.gz: unreadable NIfTI") as info:
+            reader(tmp_path / "bad.nii.gz")
+        assert "\n" not in str(info.value)
 
 
 def test_real_monuseg_image_and_labels(shared_data):

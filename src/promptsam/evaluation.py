@@ -20,7 +20,7 @@ import numpy as np
 
 from promptsam.data.pairing import Pair, pair_files
 from promptsam.errors import InputError
-from promptsam.io import atomic_path, is_volume_path, read_label_volume, read_labels
+from promptsam.io import atomic_path, is_volume_path, read_label, read_labels
 
 __all__ = [
     "evaluate_folders",
@@ -40,9 +40,10 @@ _SUM_KEYS = ("n_gt", "n_pred")
 
 
 def _load(path: Path) -> tuple[np.ndarray, tuple[float, ...] | None]:
+    """Read a label map; return (integer array, voxel spacing in mm for NIfTI volumes else None)."""
     if is_volume_path(path):
-        arr, _, spacing = read_label_volume(path)
-        return arr, spacing
+        vol = read_label(path, binary=False, required=False)
+        return vol.array, vol.spacing
     return read_labels(path), None
 
 

@@ -21,8 +21,6 @@ from promptsam.errors import InputError
 
 __all__ = ["CheckReport", "Finding", "check_dataset", "check_sample"]
 
-AFFINE_TOL = 1e-4
-
 
 @dataclass(frozen=True)
 class Finding:
@@ -65,12 +63,8 @@ class CheckReport:
 
 
 def _raw_dtype(path: Path) -> np.dtype | None:
-    """Return the stored dtype of a label file without converting it."""
+    """Return the stored dtype of a TIFF label file without converting it (NIfTI: see the Volume header)."""
     try:
-        if path.name.lower().endswith((".nii", ".nii.gz")):
-            import nibabel as nib
-
-            return np.asanyarray(nib.load(str(path)).dataobj).dtype
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
 
@@ -83,7 +77,8 @@ def _raw_dtype(path: Path) -> np.dtype | None:
 
 def check_sample(sample: Sample) -> list[Finding]:
     """Check one case and return its findings."""
-    from promptsam.io import read_image, read_labels, read_volume
+    from promptsam.io import is_volume_path, read_image, read_label, read_labels, read_volume
+    from promptsam.io.volumes import AFFINE_TOL
 
     out: list[Finding] = []
 
@@ -100,34 +95,37 @@ def check_sample(sample: Sample) -> list[Finding]:
         problem(sample.image, "no label file for this case")
         return out
 
-    affine = None
+    image_volume = None
     try:
-        if sample.is_3d:
-            image, affine, _ = read_volume(sample.image)
-            if np.issubdtype(image.dtype, np.floating) and not np.all(np.isfinite(image)):
-                problem(sample.image, "volume contains NaN or infinite values")
-            image_shape = image.shape[:3]
+        if sample.is_3d:  # the reader refuses NaN/inf voxels, bad affines and non-3D arrays
+            image_volume = read_volume(sample.image)
+            image_shape = image_volume.shape
         else:
             image_shape = read_image(sample.image).shape[:2]
     except InputError as err:
         problem(sample.image, str(err).removeprefix(f"{sample.image}: "))
         return out
 
+    label_volume = None
     try:
-        label = read_labels(sample.label)
+        if is_volume_path(sample.label):
+            label_volume = read_label(sample.label, binary=False, required=False)
+            label = label_volume.array
+        else:
+            label = read_labels(sample.label)
     except InputError as err:
         problem(sample.label, str(err).removeprefix(f"{sample.label}: "))
         return out
-    raw = _raw_dtype(sample.label)
+    raw = label_volume.header.get_data_dtype() if label_volume is not None else _raw_dtype(sample.label)
     if raw is not None and not np.issubdtype(raw, np.integer):
         warning(sample.label, f"labels stored as {raw}; store an integer dtype")
     if label.shape != tuple(image_shape):
         problem(sample.label, f"label shape {label.shape} does not match image shape {tuple(image_shape)}")
         return out
-    if sample.is_3d and affine is not None:
-        _, label_affine, _ = read_volume(sample.label)
-        if not np.allclose(affine, label_affine, atol=AFFINE_TOL):
-            problem(sample.label, "affine differs from the image affine")
+    if image_volume is not None and label_volume is not None:
+        diff = float(np.max(np.abs(image_volume.affine - label_volume.affine)))
+        if diff > AFFINE_TOL:
+            problem(sample.label, f"affine differs from the image affine by up to {diff:.3g} mm")
 
     ids = np.unique(label)
     ids = ids[ids != 0]

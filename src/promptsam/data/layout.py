@@ -142,7 +142,8 @@ class NucleusDataset(Dataset):
     """Torch-style dataset of samples as MONAI-like dicts {image, label, classes, name}.
 
     2D images come back as HxWx3 uint8 arrays and label maps as integer HxW arrays (classes is None
-    when the case has no class map); 3D cases return the volume as stored plus "affine" and "spacing".
+    when the case has no class map); 3D cases return the volume as a float32 (D, H, W) array in file voxel
+    order plus its 4x4 "affine" and "spacing" (mm), read by `promptsam.io.volumes.read_volume`.
     `transform` is a callable over that dict (e.g. a composed list of dict transforms).
     """
 
@@ -161,8 +162,8 @@ class NucleusDataset(Dataset):
             raise InputError(f"case {sample.name!r} has no image file")
         item: dict[str, Any] = {"name": sample.name}
         if sample.is_3d:
-            image, affine, spacing = read_volume(sample.image)
-            item.update(image=image, affine=affine, spacing=spacing)
+            volume = read_volume(sample.image)
+            item.update(image=volume.array, affine=volume.affine, spacing=volume.spacing)
         else:
             item["image"] = _to_rgb_uint8(read_image(sample.image), str(sample.image))
         item["label"] = read_labels(sample.label) if sample.label is not None else None

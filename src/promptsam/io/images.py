@@ -1,11 +1,12 @@
-"""Read and write 2D images, label maps and 3D volumes; every failure is an InputError naming the file.
+"""Read and write 2D images and label maps; every failure is an InputError naming the file.
 
 Conventions
 - `read_image` returns HxW (grey) or HxWx3 (RGB); uint8, uint16 and float dtypes are kept as stored.
 - `read_labels` returns an integer array (HxW or DxHxW / XxYxZ for NIfTI), 0 = background.
 - `write_labels` writes a zlib-compressed TIFF, **uint16 when the largest id fits (<= 65535), else
   uint32**: the smallest lossless choice, and what the uniform layout in ../shared/data uses.
-- `read_volume` / `write_volume` use nibabel; the array keeps its on-disk dtype and orientation.
+- NIfTI volumes (`.nii`, `.nii.gz`) are read and written by `promptsam.io.volumes` (`read_volume` -> `Volume`,
+  `read_label`, `write_volume`); `read_labels` delegates NIfTI label maps to `read_label`.
 """
 
 from __future__ import annotations
@@ -17,17 +18,15 @@ import numpy as np
 
 from promptsam.errors import InputError
 from promptsam.io.atomic import atomic_path
+from promptsam.io.volumes import read_label  # volumes.py never imports this module: no import cycle
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "LABEL_SUFFIXES",
     "is_volume_path",
     "read_image",
-    "read_label_volume",
     "read_labels",
-    "read_volume",
     "write_labels",
-    "write_volume",
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -146,15 +145,14 @@ def read_labels(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     _check_exists(path)
     if is_volume_path(path):
-        arr = read_volume(path)[0]
-    else:
-        arr = _load_raster(path)
-        arr = np.squeeze(arr) if arr.ndim > 2 and 1 in arr.shape else arr
-        if arr.ndim == 3 and arr.shape[-1] in (3, 4) and _suffix(path) in _PIL_SUFFIXES:
-            rgb = arr[..., :3]
-            if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
-                raise InputError(f"{path}: colour label image; expected a single-channel label map")
-            arr = rgb[..., 0]
+        return read_label(path, binary=False, required=False).array
+    arr = _load_raster(path)
+    arr = np.squeeze(arr) if arr.ndim > 2 and 1 in arr.shape else arr
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4) and _suffix(path) in _PIL_SUFFIXES:
+        rgb = arr[..., :3]
+        if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
+            raise InputError(f"{path}: colour label image; expected a single-channel label map")
+        arr = rgb[..., 0]
     if arr.size == 0:
         raise InputError(f"{path}: label map has no pixels")
     if arr.ndim not in (2, 3):
@@ -176,53 +174,4 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray) -> Path:
     dtype = np.uint16 if top <= np.iinfo(np.uint16).max else np.uint32
     with atomic_path(path) as tmp:
         tifffile.imwrite(tmp, labels.astype(dtype, copy=False), compression="zlib")
-    return path
-
-
-def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
-    """Read a NIfTI volume; return (array in its stored dtype, 4x4 affine, voxel spacing)."""
-    import nibabel as nib
-
-    path = Path(path)
-    _check_exists(path)
-    if not is_volume_path(path):
-        raise InputError(f"{path}: not a NIfTI file (.nii or .nii.gz)")
-    try:
-        img = nib.load(str(path))
-        arr = np.asanyarray(img.dataobj)
-    except Exception as err:
-        raise InputError(f"{path}: unreadable NIfTI ({type(err).__name__}: {err})") from None
-    if arr.size == 0:
-        raise InputError(f"{path}: volume has no voxels")
-    arr = np.asarray(arr)
-    spacing = tuple(float(z) for z in img.header.get_zooms()[: min(3, arr.ndim)])
-    return arr, np.asarray(img.affine, dtype=np.float64), spacing
-
-
-def read_label_volume(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
-    """Read a NIfTI label volume; return (non-negative integer array, 4x4 affine, voxel spacing)."""
-    arr, affine, spacing = read_volume(path)
-    if arr.ndim != 3:
-        raise InputError(f"{path}: expected a 3D label volume, got shape {arr.shape}")
-    return _as_integer_labels(Path(path), arr), affine, spacing
-
-
-def write_volume(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray) -> Path:
-    """Write `array` as a NIfTI file with the given 4x4 affine, atomically."""
-    import nibabel as nib
-
-    path = Path(path)
-    if not is_volume_path(path):
-        raise InputError(f"{path}: volumes are written as .nii.gz or .nii")
-    affine = np.asarray(affine, dtype=np.float64)
-    if affine.shape != (4, 4):
-        raise InputError(f"{path}: affine must be 4x4, got {affine.shape}")
-    array = np.asarray(array)
-    if array.dtype == bool:
-        array = array.astype(np.uint8)
-    img = nib.Nifti1Image(array, affine)
-    img.header.set_qform(affine, code=1)
-    img.header.set_sform(affine, code=1)
-    with atomic_path(path) as tmp:
-        nib.save(img, str(tmp))
     return path

@@ -7,8 +7,8 @@ so `write_volume(path, array, like=volume)` writes an output with the input's af
 3D is refused. Labels are read with `read_label` (integer array, optionally required non-empty and binary)
 and checked against their image with `check_pair` (same shape, affines equal within `AFFINE_TOL` mm).
 
-These are the 3D-pipeline readers (promptsam.data.volumes, the lesion floor); `promptsam.io.images` keeps
-its older tuple-returning `read_volume` used by the 2D/3D dataset checker.
+This is the package's only NIfTI reader/writer (re-exported as `promptsam.io.read_volume` etc.): the 3D
+pipeline, the dataset checker, `NucleusDataset`, evaluation and `promptsam.io.read_labels` all go through it.
 """
 
 from __future__ import annotations

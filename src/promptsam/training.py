@@ -125,8 +125,12 @@ def fit_stage(
     """
     stage_dir = Path(stage_dir)
     ckpt_dir = stage_dir / "checkpoints"
-    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode="max", save_last=True,
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode="max",
                                  save_top_k=1 if val else 0)
+    # Lightning's save_last writes last.ckpt only when the best improves, so a stopped run would resume from its
+    # best epoch and repeat the rest: the resume point is a checkpoint of its own, written after every epoch.
+    latest = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, every_n_epochs=1,
+                             save_on_train_epoch_end=True, enable_version_counter=False)
     trainer = L.Trainer(
         default_root_dir=stage_dir,
         accelerator="auto",
@@ -137,7 +141,7 @@ def fit_stage(
         check_val_every_n_epoch=val_every,
         num_sanity_val_steps=0,
         gradient_clip_val=grad_clip,
-        callbacks=[checkpoint],
+        callbacks=[checkpoint, latest],
         # one version folder per (re)start, so resuming never overwrites earlier metrics
         logger=[CSVLogger(stage_dir, name="logs"), TensorBoardLogger(stage_dir, name="tb")],
         log_every_n_steps=5,

@@ -1,0 +1,45 @@
+"""Training plumbing: the run folder's resume point follows the latest epoch, not the best one."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from promptsam.training import fit_stage
+
+
+class Worsening(L.LightningModule):
+    """A toy task whose validation score only gets worse, so the best checkpoint stays at the first epoch."""
+
+    def __init__(self, killed_at_epoch: int | None = None) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.killed_at_epoch = killed_at_epoch
+
+    def training_step(self, batch, batch_idx):
+        if self.current_epoch == self.killed_at_epoch:
+            raise RuntimeError("killed")  # the process dies: fit_stage's final save never happens
+        return (self.w - 1.0).pow(2).sum()
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/score", -float(self.current_epoch), batch_size=1)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_last_checkpoint_is_the_latest_epoch_and_resume_continues(tmp_path):
+    data = TensorDataset(torch.zeros(4, 1))
+    args = dict(collate=lambda b: b, batch_size=2, stage_dir=tmp_path, monitor="val/score", val_every=1,
+                precision="32-true", progress=False, whole=lambda val: TensorDataset(torch.zeros(1, 1)))
+    with pytest.raises(RuntimeError, match="killed"):
+        fit_stage(Worsening(killed_at_epoch=3), data, [object()], max_epochs=5, **args)
+    ckpts = tmp_path / "checkpoints"
+    assert torch.load(ckpts / "best.ckpt", weights_only=False)["epoch"] == 0
+    # 3 finished epochs x 2 steps: the resume point is the last finished epoch, not the best one
+    assert torch.load(ckpts / "last.ckpt", weights_only=False)["global_step"] == 6
+    best = fit_stage(Worsening(), data, [object()], max_epochs=4, **args)  # resumes: one more epoch, not four
+    assert torch.load(ckpts / "last.ckpt", weights_only=False)["global_step"] == 8
+    assert best == ckpts / "best.ckpt"

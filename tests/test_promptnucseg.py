@@ -169,6 +169,24 @@ def test_model_file_round_trip(trained, tmp_path):
             assert torch.equal(value, theirs[key]), key
 
 
+def test_clip_to_foreground_keeps_masks_inside_the_prompters_nucleus_mask(trained, crops):
+    from dataclasses import replace
+
+    model, *_ = trained
+    image = crops[0]["image"]
+    plain = model.segment(image)
+    model.config = replace(model.config, inference=replace(model.config.inference, clip_to_foreground=True))
+    try:
+        clipped = model.segment(image)
+    finally:
+        model.config = replace(model.config, inference=replace(model.config.inference, clip_to_foreground=False))
+    foreground = model.find_prompts(image)["foreground"]
+    assert foreground.shape == image.shape[:2] and foreground.any()
+    assert not (clipped.labels[~foreground] > 0).any()
+    assert ((plain.labels > 0) & ~foreground).any()  # the option changed something
+    assert clipped.labels.max() == len(clipped.points) == len(clipped.scores)
+
+
 # ---------------------------------------------------------------------------------------------- the segment CLI
 def test_segment_cli_writes_five_valid_outputs(trained, crops, tmp_path, shared_data, capsys):
     shapely = pytest.importorskip("shapely.geometry")

@@ -26,7 +26,7 @@ from promptsam.data.sampling import sample_point_prompts
 from promptsam.data.targets import nucleus_points
 from promptsam.device import autocast, pick_device, resolve_precision
 from promptsam.errors import CheckpointError
-from promptsam.inference.merge import shrink_labels
+from promptsam.inference.merge import keep_large, shrink_labels
 from promptsam.inference.point_segmentation import merge_candidates, segment_points
 from promptsam.inference.points import decode_points
 from promptsam.inference.preprocess import to_rgb255, zoom_image
@@ -93,6 +93,7 @@ class InferenceConfig:
     also_without_negatives: bool = True  # with K > 0, keep a second candidate decoded without negatives
     precision: str = "auto"  # fp32 | bf16 | auto (bf16 where the hardware has it)
     min_area: int = 4
+    clip_to_foreground: bool = False  # [A] keep only mask pixels the prompter's auxiliary nucleus mask calls nucleus
 
 
 @dataclass(frozen=True)
@@ -177,7 +178,8 @@ class PromptNucSeg(nn.Module):
     # ---- step 1: prompts
     @torch.inference_mode()
     def find_prompts(self, image: np.ndarray, *, autocast_dtype: torch.dtype | None = None) -> dict[str, np.ndarray]:
-        """Points (N, 2) (x, y), classes (N,) and scores (N,) of every nucleus the prompter finds in a 0-255 image."""
+        """Points (N, 2) (x, y), classes (N,) and scores (N,) of every nucleus the prompter finds in a 0-255 image,
+        and its auxiliary nucleus mask `foreground` (H, W) bool."""
         device = next(self.prompter.parameters()).device
         x = normalize_images(torch.from_numpy(image).permute(2, 0, 1)[None].float().to(device))
         x, _ = pad_to_multiple(x, max(32, self.config.prompter.anchor_spacing))
@@ -185,8 +187,11 @@ class PromptNucSeg(nn.Module):
             outputs = self.prompter(x)
         outputs = {k: v.float() for k, v in outputs.items()}
         cfg = self.config.prompter
-        return decode_points(outputs, image_size=image.shape[:2], nms_radius=cfg.nms_radius,
-                             mask_filter=cfg.mask_filter)[0]
+        found = decode_points(outputs, image_size=image.shape[:2], nms_radius=cfg.nms_radius,
+                              mask_filter=cfg.mask_filter)[0]
+        h, w = image.shape[:2]
+        found["foreground"] = (outputs["mask_logits"][0, 0, :h, :w] > 0).cpu().numpy()
+        return found
 
     # ---- steps 2-3: SAM draws each prompt, then merge
     @torch.inference_mode()
@@ -196,12 +201,15 @@ class PromptNucSeg(nn.Module):
         rgb = to_rgb255(image)
         device = next(self.parameters()).device
         dtype = resolve_precision(self.config.inference.precision, device)
-        if points is None:
+        inf, scale = self.config.inference, self.config.segmentor.scale
+        foreground = None
+        if points is None or inf.clip_to_foreground:
             prompts = self.find_prompts(rgb, autocast_dtype=dtype)
+            foreground = prompts["foreground"]
+        if points is None:
             points, point_classes = prompts["points"], prompts["classes"]
         points = np.asarray(points, np.float32).reshape(-1, 2)
         point_classes = np.ones(len(points), np.int64) if point_classes is None else np.asarray(point_classes)
-        inf, scale = self.config.inference, self.config.segmentor.scale
         seen = zoom_image(rgb, scale)  # SAM draws at its training magnification, results return to the input grid
         candidates = segment_points(
             self.segmentor, seen, (points + 0.5) * scale - 0.5, overlap=inf.overlap,
@@ -211,6 +219,10 @@ class PromptNucSeg(nn.Module):
         labels, painted = merge_candidates(candidates, seen.shape[:2], nms_iou=inf.nms_iou, min_area=inf.min_area)
         if scale != 1:
             labels, kept = shrink_labels(labels, rgb.shape[:2], min_area=inf.min_area)
+            painted = painted[kept - 1]
+        if inf.clip_to_foreground:
+            labels[~foreground] = 0
+            labels, kept = keep_large(labels, min_area=inf.min_area)
             painted = painted[kept - 1]
         owner = candidates.prompt_index[painted]
         cls = point_classes[owner].astype(np.uint8)

@@ -12,6 +12,7 @@ throughput decodes N single-point prompts against one image embedding in one bat
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -28,14 +29,29 @@ CPU = torch.device("cpu")
 
 
 def count_gflops_sdpa(fn) -> float:
-    """`count_gflops` that also counts CPU scaled_dot_product_attention (FlopCounterMode skips its CPU kernel)."""
-    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+    """`count_gflops` that also counts CPU scaled_dot_product_attention and oneDNN's fused conv/linear ops
+    (FlopCounterMode knows none of these CPU kernels)."""
+    from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, sdpa_flop_count
 
     def sdpa(q, k, v, *args, out_shape=None, **kwargs) -> int:
         return sdpa_flop_count(q, k, v)
 
-    cpu_sdpa = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-    counter = FlopCounterMode(display=False, custom_mapping={cpu_sdpa: sdpa})
+    def weight_shape(args: tuple) -> list[int]:
+        # plain overload: (x, weight, bias, ...); `.binary` overload: (x, other, weight, bias, ...)
+        third = args[2]
+        return list(third) if isinstance(third, list | tuple) and len(third) >= 2 else list(args[1])
+
+    def fused_linear(x, *args, out_shape=None, **kwargs) -> int:
+        return 2 * math.prod(out_shape) * x[-1]
+
+    def fused_conv(x, *args, out_shape=None, **kwargs) -> int:
+        return conv_flop_count(list(x), weight_shape((x, *args)), list(out_shape))
+
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: sdpa}
+    if hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        mapping[torch.ops.mkldnn._linear_pointwise] = fused_linear
+        mapping[torch.ops.mkldnn._convolution_pointwise] = fused_conv
+    counter = FlopCounterMode(display=False, custom_mapping=mapping)
     with counter:
         fn()
     return counter.get_total_flops() / 1e9
@@ -205,6 +221,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer repeats, 256 input only")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--models", default="vit_t,vit_b", help="comma-separated encoders to time")
+    parser.add_argument("--sizes", default=None, help="comma-separated input sizes (default 1024,256)")
+    parser.add_argument("--no-decoder", action="store_true", help="skip the mask-decoder rows")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     repeats = 3 if args.quick else 5
@@ -213,9 +232,10 @@ def main() -> None:
         f"measured matmul peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s",
         flush=True,
     )
-    sizes = [256] if args.quick else [1024, 256]
-    enc = encoder_rows(["vit_t", "vit_b"], sizes, repeats, peaks)
-    dec = decoder_rows([1, 16, 64, 256], 256, repeats, peaks)
+    sizes = [int(v) for v in args.sizes.split(",")] if args.sizes else [256] if args.quick else [1024, 256]
+    models = args.models.split(",")
+    enc = encoder_rows(models, sizes, repeats, peaks)
+    dec = [] if args.no_decoder else decoder_rows([1, 16, 64, 256], 256, repeats, peaks)
     print("\nImage encoder, batch 1 (seconds, median):")
     print_table(
         enc,
@@ -250,7 +270,9 @@ def main() -> None:
             "prompts/s bf16",
         ],
     )
-    write_results("sam_speed", {"peak_gflops": peaks, "encoder": enc, "decoder": dec})
+    full = models == ["vit_t", "vit_b"] and not args.sizes and not args.no_decoder
+    name = "sam_speed" if full else "sam_speed_" + "_".join(models + [str(s) for s in sizes])  # partial runs apart
+    write_results(name, {"peak_gflops": peaks, "encoder": enc, "decoder": dec, "threads": args.threads})
 
 
 if __name__ == "__main__":

@@ -176,6 +176,16 @@ def test_decode_points_nms_mapf_background() -> None:
     assert res["points"].tolist() == [[10.0, 10.0], [70.0, 0.0]]
 
 
+def test_decode_points_min_foreground_keeps_anchors_the_argmax_rule_drops() -> None:
+    outputs = _outputs_for_decode()
+    (res,) = decode_points(outputs, image_size=(64, 72), nms_radius=0.0, mask_filter=False, min_foreground=0.25)
+    assert [40.0, 10.0] in res["points"].tolist() and len(res["points"]) == 6  # E: P(nucleus) 0.3, background argmax
+    e = res["points"].tolist().index([40.0, 10.0])
+    assert res["scores"][e] == pytest.approx(0.3) and res["classes"][e] == 1
+    (res,) = decode_points(outputs, image_size=(64, 72), nms_radius=0.0, mask_filter=False, min_foreground=0.85)
+    assert res["points"].tolist() == [[10.0, 10.0], [15.0, 10.0], [70.0, 0.0]]  # 1 - p(bg) = 0.95, 0.9, 0.9
+
+
 def test_point_nms_matches_brute_force() -> None:
     rng = np.random.default_rng(0)
     pts = rng.uniform(0, 100, size=(300, 2))

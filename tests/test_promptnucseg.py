@@ -60,6 +60,27 @@ def test_segmentor_sampling_prompts_lie_inside_their_nucleus():
         assert lab[1] == 0 and labels[ny, nx] > 0 and not mask[ny, nx]  # negative inside another nucleus
 
 
+def test_segmentor_sampling_near_centre_stays_inside_and_near_the_centroid():
+    labels = np.zeros((80, 80), np.uint16)
+    labels[5:45, 5:45] = 1
+    yy, xx = np.mgrid[:80, :80]
+    labels[(yy - 60) ** 2 + (xx - 60) ** 2 < 100] = 2
+    labels[(labels == 1) & (yy > 20) & (xx > 20)] = 0  # an L shape: its centroid is not a pixel of it
+    rng = np.random.default_rng(0)
+    uniform = [sample_point_prompts(labels, num_negatives=1, rng=rng)["coords"] for _ in range(200)]
+    near = [sample_point_prompts(labels, num_negatives=1, rng=rng, point_jitter=2.0)["coords"] for _ in range(200)]
+    centroid = np.array([np.argwhere(labels == i).mean(0)[::-1] for i in (1, 2)])
+
+    def spread(draws: list[np.ndarray]) -> float:
+        pts = np.concatenate([d[:, 0] for d in draws])
+        inside = labels[pts[:, 1].astype(int), pts[:, 0].astype(int)] > 0
+        assert inside.all()
+        return float(np.median(np.linalg.norm(pts - centroid[labels[pts[:, 1].astype(int), pts[:, 0].astype(int)] - 1],
+                                              axis=1)))
+
+    assert spread(near) < 0.6 * spread(uniform)
+
+
 def test_merge_keeps_best_candidate_per_prompt_and_suppresses_overlaps():
     square = np.ones((10, 10), bool)
     cands = Candidates(

@@ -26,15 +26,36 @@ class InteriorPixels:
         pick = self.pixels[self.start + (rng.random(len(self.ids)) * self.count).astype(np.int64)]
         return np.stack([pick % self.width, pick // self.width], axis=1).astype(np.float32)
 
+    def centroids(self) -> np.ndarray:
+        """(x, y) centroid of every instance, in the order of `ids`: (N, 2) float32."""
+        xs = np.add.reduceat(self.pixels % self.width, self.start) if len(self.ids) else np.zeros(0)
+        ys = np.add.reduceat(self.pixels // self.width, self.start) if len(self.ids) else np.zeros(0)
+        return (np.stack([xs, ys], axis=1) / self.count[:, None]).astype(np.float32)
+
+    def draw_near_centre(self, rng: np.random.Generator, sigma: float, tries: int = 8) -> np.ndarray:
+        """One interior pixel per instance near its centroid: of `tries` random interior pixels, the nearest to the
+        centroid moved by N(0, sigma^2) per axis (a detector's point: near the centre, never outside)."""
+        target = self.centroids() + rng.normal(0.0, sigma, (len(self.ids), 2)).astype(np.float32)
+        draws = np.stack([self.draw(rng) for _ in range(tries)], axis=1)  # (N, tries, 2)
+        best = np.linalg.norm(draws - target[:, None], axis=-1).argmin(1)
+        return draws[np.arange(len(self.ids)), best]
+
 
 def sample_point_prompts(
-    labels: np.ndarray, *, num_objects: int = 25, num_negatives: int = 1, rng: np.random.Generator
+    labels: np.ndarray,
+    *,
+    num_objects: int = 25,
+    num_negatives: int = 1,
+    rng: np.random.Generator,
+    point_jitter: float | None = None,
 ) -> dict[str, np.ndarray]:
     """PromptNucSeg's segmentor sampling (methods.md §3.3) on one instance map (H, W).
 
     Every nucleus gets a random reference pixel; Z = min(#nuclei, num_objects) nuclei are drawn, each prompted by
     a fresh random interior pixel (positive) and the reference pixels of its K nearest other nuclei (negatives,
-    padded with label -1). Returns coords (Z, 1+K, 2), point_labels (Z, 1+K) and boolean masks (Z, H, W).
+    padded with label -1). With `point_jitter` (pixels, ours) every point is drawn near the nucleus's centroid instead
+    (`InteriorPixels.draw_near_centre`), as a point prompter places them.
+    Returns coords (Z, 1+K, 2), point_labels (Z, 1+K) and boolean masks (Z, H, W).
     """
     pixels = InteriorPixels(labels)
     n = len(pixels)
@@ -44,9 +65,12 @@ def sample_point_prompts(
             "point_labels": np.zeros((0, 1 + num_negatives), np.int64),
             "masks": np.zeros((0, *labels.shape), bool),
         }
-    references = pixels.draw(rng)
+    def draw() -> np.ndarray:
+        return pixels.draw(rng) if point_jitter is None else pixels.draw_near_centre(rng, point_jitter)
+
+    references = draw()
     chosen = rng.permutation(n)[: min(n, num_objects)]
-    positives = pixels.draw(rng)[chosen]
+    positives = draw()[chosen]
     neighbours = nearest_others(references, num_negatives)[chosen]
     coords, point_labels = point_prompts(positives, references, num_negatives, neighbours=neighbours)
     masks = labels[None] == pixels.ids[chosen][:, None, None]

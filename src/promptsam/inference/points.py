@@ -38,6 +38,7 @@ def decode_points(
     nms_radius: float = 12.0,
     mask_filter: bool = True,
     score_threshold: float = 0.0,
+    min_foreground: float | None = None,
 ) -> list[dict[str, np.ndarray]]:
     """Turn `PointPrompter` outputs into one dict per image: points (n, 2) float32 xy, classes (n,) int64
     (1-based, 1..C), scores (n,) float32.
@@ -45,7 +46,10 @@ def decode_points(
     Per image, as the official `predict`: clip coords to [0, w-1] x [0, h-1] of the unpadded `image_size`
     (h, w); softmax over C+1 logits; drop anchors whose argmax is background; score = the argmax class's
     probability (= the max foreground probability for kept anchors); keep score >= `score_threshold`
-    (ours; 0 keeps all); MAPF (`mask_filter`; off in the PanNuke configs): keep points whose aux mask logit
+    (ours; 0 keeps all). With `min_foreground` (ours) an anchor is kept when its total nucleus probability
+    1 - p(background) reaches it instead, takes the most probable nucleus class and that total as its score:
+    below 0.5 this finds nuclei the argmax rule drops.
+    MAPF (`mask_filter`; off in the PanNuke configs): keep points whose aux mask logit
     at the rounded point is > 0 (official code truncates with astype(int); we round, matching pixel-index
     coordinates); then `point_nms` with `nms_radius` (<= 0 disables it).
     """
@@ -56,9 +60,14 @@ def decode_points(
     results = []
     for b in range(coords.shape[0]):
         pts = np.stack([coords[b, :, 0].clip(0, w - 1), coords[b, :, 1].clip(0, h - 1)], axis=1)
-        cls = probs[b].argmax(-1)
-        score = probs[b].max(-1)
-        keep = (cls < probs.shape[-1] - 1) & (score >= score_threshold)
+        if min_foreground is None:
+            cls = probs[b].argmax(-1)
+            score = probs[b].max(-1)
+            keep = (cls < probs.shape[-1] - 1) & (score >= score_threshold)
+        else:
+            cls = probs[b, :, :-1].argmax(-1)
+            score = 1.0 - probs[b, :, -1]
+            keep = score >= max(min_foreground, score_threshold)
         pts, cls, score = pts[keep], cls[keep], score[keep]
         if masks is not None and len(pts):
             ix = np.rint(pts).astype(np.int64)

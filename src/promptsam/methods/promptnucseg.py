@@ -57,6 +57,7 @@ class PrompterConfig:
     gamma: float = 5e-3  # regression weight
     nms_radius: float = 12.0
     mask_filter: bool = True  # MAPF: on for Kumar/CPM-17, off in the PanNuke configs
+    min_foreground: float | None = None  # [A] keep anchors with P(nucleus) >= this; None = the paper's argmax rule
     crop: int = 256
     batch_size: int = 8
     lr: float = 1e-4
@@ -76,6 +77,8 @@ class SegmentorConfig:
     detail: bool = False  # [A] add a high-resolution image branch to the mask decoder (models.sam.detail)
     num_objects: int = 25  # Z prompts per training image
     num_negatives: int = 0  # K: the released configs use 0, the paper's full model 1
+    point_jitter: float | None = None  # [A] training points near each centroid with this std (native pixels), as the
+    # prompter places them; None = a uniformly random interior pixel (the paper)
     focal_weight: float = 20.0
     peft: str | None = None  # None = full fine-tuning (paper); "lora" = LoRA on the encoder's attention
     lora_rank: int = 4
@@ -188,7 +191,7 @@ class PromptNucSeg(nn.Module):
         outputs = {k: v.float() for k, v in outputs.items()}
         cfg = self.config.prompter
         found = decode_points(outputs, image_size=image.shape[:2], nms_radius=cfg.nms_radius,
-                              mask_filter=cfg.mask_filter)[0]
+                              mask_filter=cfg.mask_filter, min_foreground=cfg.min_foreground)[0]
         h, w = image.shape[:2]
         found["foreground"] = (outputs["mask_logits"][0, 0, :h, :w] > 0).cpu().numpy()
         return found
@@ -318,13 +321,13 @@ def collate_prompter(samples: list[dict], *, use_classes: bool = False) -> dict[
 class SegmentorCollate:
     """Batch of augmented crops -> images and the concatenated point prompts of all crops (with image_index)."""
 
-    def __init__(self, num_objects: int, num_negatives: int, seed: int = 0) -> None:
-        self.num_objects, self.num_negatives = num_objects, num_negatives
+    def __init__(self, num_objects: int, num_negatives: int, seed: int = 0, point_jitter: float | None = None) -> None:
+        self.num_objects, self.num_negatives, self.point_jitter = num_objects, num_negatives, point_jitter
         self.rng = np.random.default_rng(seed)
 
     def __call__(self, samples: list[dict]) -> dict[str, Any]:
         parts = [sample_point_prompts(s["label"], num_objects=self.num_objects, num_negatives=self.num_negatives,
-                                      rng=self.rng) for s in samples]
+                                      rng=self.rng, point_jitter=self.point_jitter) for s in samples]
         index = np.concatenate([np.full(len(p["coords"]), i) for i, p in enumerate(parts)])
         return {
             "images": _to_tensor_images(samples),
@@ -458,7 +461,9 @@ def train_promptnucseg(
         else:
             task = SegmentorTask(config, model)
             crop, batch, monitor, clip = config.segmentor.image_size, config.segmentor.batch_size, "val/pq", None
-            collate = SegmentorCollate(config.segmentor.num_objects, config.segmentor.num_negatives, tcfg.seed)
+            jitter = config.segmentor.point_jitter
+            collate = SegmentorCollate(config.segmentor.num_objects, config.segmentor.num_negatives, tcfg.seed,
+                                       None if jitter is None else jitter * config.segmentor.scale)
         zoom = config.segmentor.scale if stage == "segmentor" else 1.0
         train_ds = CropDataset(train_samples, training_transforms(crop, zoom=zoom, seed=tcfg.seed),
                                length=tcfg.samples_per_epoch, seed=tcfg.seed)

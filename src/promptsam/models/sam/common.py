@@ -44,3 +44,17 @@ def sam_neck(in_chans: int, out_chans: int, *, conv: type[nn.Module] = nn.Conv2d
         conv(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
         LayerNorm2d(out_chans),
     )
+
+
+# oneDNN's fused conv / linear + elementwise kernels (those Inductor emits on CPU). They have no autograd, so they
+# only replace the separate ops when no graph is recorded; elsewhere the same math runs as plain ops.
+_ONEDNN = (
+    torch.backends.mkldnn.is_available()
+    and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+    and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+)
+
+
+def fusable(x: torch.Tensor) -> bool:
+    """Whether oneDNN's fused kernels may replace plain ops for `x`: on CPU, with no autograd graph recorded."""
+    return _ONEDNN and x.device.type == "cpu" and not torch.is_grad_enabled()

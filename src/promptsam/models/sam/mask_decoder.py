@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from promptsam.models.sam.common import LayerNorm2d
+from promptsam.models.sam.common import LayerNorm2d, fusable
 from promptsam.models.sam.transformer import TwoWayTransformer
 
 
@@ -176,15 +176,13 @@ def _linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
 
     The fused call skips a pass over the largest tensor of the decoder (about 10% of a batched decode).
     """
-    if x.device.type == "cpu" and bias is not None and not torch.is_grad_enabled() and _ONEDNN_LINEAR:
+    if bias is not None and fusable(x):
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
         if dtype in (torch.float32, torch.bfloat16):
             x, weight, bias = x.to(dtype), weight.to(dtype), bias.to(dtype)
             return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu", [], approximate)
     return F.gelu(F.linear(x, weight, bias), approximate=approximate)
 
-
-_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
 def _raster_order(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from promptsam.models.sam.common import sam_neck
+from promptsam.models.sam.common import fusable, sam_neck
 from promptsam.models.sam.image_encoder import spans
 
 T = TypeVar("T")
@@ -40,20 +40,6 @@ T = TypeVar("T")
 # Hidden activation band of an MBConv computed at once in inference (bytes, but at least 8 rows, so that the halo
 # rows computed twice stay <= 25%); see MBConv.forward.
 TILE_BYTES = 2**20
-
-
-# oneDNN's fused conv / linear + elementwise kernels (those Inductor emits on CPU). They have no autograd, so they
-# only replace the separate ops when no graph is recorded; elsewhere the same math runs as plain ops.
-_ONEDNN = (
-    torch.backends.mkldnn.is_available()
-    and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
-    and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-)
-
-
-def fusable(x: torch.Tensor) -> bool:
-    """Whether oneDNN's fused kernels may replace plain ops for `x`: on CPU, with no autograd graph recorded."""
-    return _ONEDNN and x.device.type == "cpu" and not torch.is_grad_enabled()
 
 
 def autocast_cast(*tensors: torch.Tensor | None) -> list[torch.Tensor | None]:

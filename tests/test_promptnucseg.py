@@ -331,3 +331,11 @@ def test_detail_branch_starts_as_plain_sam_then_trains(crops):
     low, _ = sam.decode(sam.embed_images(images), points=prompt, image_details=sam.embed_details(images))
     low.sum().backward()
     assert sam.detail.out.weight.grad.abs().sum() > 0
+
+
+def test_negatives_skip_points_nearer_than_min_distance():
+    pts = np.array([[0, 0], [3, 0], [10, 0], [30, 0]], np.float32)
+    assert nearest_others(pts, 1)[:, 0].tolist() == [1, 0, 1, 2]
+    assert nearest_others(pts, 1, min_distance=5)[:, 0].tolist() == [2, 2, 1, 2]
+    coords, labels = point_prompts(pts, pts, 1, min_distance=25)
+    assert labels[:, 1].tolist() == [0, 0, -1, 0]  # the point at x=10 has nothing 25 px away: padding

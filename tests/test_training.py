@@ -43,3 +43,17 @@ def test_last_checkpoint_is_the_latest_epoch_and_resume_continues(tmp_path):
     best = fit_stage(Worsening(), data, [object()], max_epochs=4, **args)  # resumes: one more epoch, not four
     assert torch.load(ckpts / "last.ckpt", weights_only=False)["global_step"] == 8
     assert best == ckpts / "best.ckpt"
+
+
+def test_ema_checkpoints_hold_the_average_and_the_raw_weights(tmp_path):
+    data = TensorDataset(torch.zeros(4, 1))
+    args = dict(collate=lambda b: b, batch_size=2, stage_dir=tmp_path, monitor="val/score", val_every=1,
+                precision="32-true", progress=False, whole=lambda val: TensorDataset(torch.zeros(1, 1)))
+    task = Worsening()
+    fit_stage(task, data, [object()], max_epochs=3, ema_decay=0.5, **args)
+    saved = torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=False)
+    raw, average = saved["current_model_state"]["w"].item(), saved["state_dict"]["w"].item()
+    # SGD pulls w from 0 towards 1; the average lags behind the raw weights
+    assert 0.0 < average < raw < 1.0
+    assert task.w.item() == pytest.approx(torch.load(tmp_path / "checkpoints" / "last.ckpt",
+                                                     weights_only=False)["state_dict"]["w"].item())

@@ -16,7 +16,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader, Dataset
 
@@ -36,6 +36,7 @@ class TrainingConfig:
     samples_per_epoch: int | None = None  # None = one random sample per training case and epoch
     precision: str = "auto"  # Lightning precision: auto -> bf16-mixed on bf16 hardware, else 32
     seed: int = 2024
+    ema_decay: float | None = None  # validate, keep and ship an exponential moving average of the weights (0.999)
 
 
 def gather_samples(data: Sequence[str | os.PathLike], val: Sequence[str | os.PathLike] = ()) -> tuple[
@@ -118,10 +119,13 @@ def fit_stage(
     grad_clip: float | None = None,
     progress: bool = True,
     whole: Callable[[Sequence], Dataset] | None = None,
+    ema_decay: float | None = None,
 ) -> Path | None:
     """Train `task` into `stage_dir` (resuming from its last.ckpt) and return the best checkpoint's path.
 
-    Validation items are `whole(val)[i]`, one per step: by default 2D samples read whole (and cached).
+    Validation items are `whole(val)[i]`, one per step: by default 2D samples read whole (and cached). With
+    `ema_decay`, Lightning's EMAWeightAveraging keeps a moving average of the weights: validation scores it, the
+    checkpoints hold it (the raw weights as "current_model_state"), and a run without one resumes from its weights.
     """
     stage_dir = Path(stage_dir)
     ckpt_dir = stage_dir / "checkpoints"
@@ -141,7 +145,7 @@ def fit_stage(
         check_val_every_n_epoch=val_every,
         num_sanity_val_steps=0,
         gradient_clip_val=grad_clip,
-        callbacks=[checkpoint, latest],
+        callbacks=[checkpoint, latest] + ([EMAWeightAveraging(decay=ema_decay)] if ema_decay else []),
         # one version folder per (re)start, so resuming never overwrites earlier metrics
         logger=[CSVLogger(stage_dir, name="logs"), TensorBoardLogger(stage_dir, name="tb")],
         log_every_n_steps=5,

@@ -4,11 +4,14 @@ Round 1 clicks a uniformly random foreground voxel of the reference mask (positi
 uniformly random voxel of the error region of the current prediction: a false negative gives a positive click, a
 false positive a negative one (the official `get_next_click3D_torch_2`, prediction binarised at logit > 0.5). The
 reference is the ground truth in evaluation and training; in promptsam's automatic mode it is the lesion detector's
-mask, so the same refinement runs without any ground truth.
+mask, so the same refinement runs without any ground truth. Training may instead score each round against the
+lesions clicked so far (`clicked_lesions`, [A]), its first click then drawn uniformly over lesions
+(`first_lesion_clicks`); later clicks are always simulated from the whole reference.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 LOGIT_THRESHOLD = 0.5  # the official code binarises logits at 0.5 (not 0), methods.md §2
@@ -57,3 +60,48 @@ def next_clicks(logits: torch.Tensor, reference: torch.Tensor, *, generator: tor
             coords[b, 0] = voxel.float()
             labels[b, 0] = int(ref[b][tuple(voxel)])  # missed lesion -> positive; wrongly included -> negative
     return coords, labels
+
+
+def lesion_components(reference: torch.Tensor) -> torch.Tensor:
+    """Connected components (26-connectivity) of each item of a boolean batch (B, *spatial), as int labels."""
+    from scipy import ndimage
+
+    structure = np.ones((3,) * (reference.ndim - 1), bool)
+    return torch.stack([torch.from_numpy(ndimage.label(ref.cpu().numpy(), structure=structure)[0].astype(np.int64))
+                        for ref in reference.bool()])
+
+
+def first_lesion_clicks(components: torch.Tensor, *, generator: torch.Generator | None = None) -> tuple[
+        torch.Tensor, torch.Tensor]:
+    """[A] Training with per-lesion targets: a uniformly random lesion, then a uniformly random voxel of it.
+
+    The paper's first click is uniform over voxels, so one confluent lesion (94 % of patient19's lesion voxels)
+    would take almost every first click; uniform over lesions, most sequences start on a small one. Empty items get
+    a padding click, as in `first_clicks`.
+    """
+    coords = torch.zeros(components.shape[0], 1, components.ndim - 1)
+    labels = torch.full((components.shape[0], 1), -1, dtype=torch.long)
+    for b, comp in enumerate(components):
+        count = int(comp.max())
+        if count:
+            k = 1 + int(torch.randint(count, (1,), generator=generator))
+            coords[b, 0], labels[b, 0] = _random_voxel(comp == k, generator).float(), 1
+    return coords, labels
+
+
+def clicked_lesions(components: torch.Tensor, clicks: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+    """Per-round targets (B, *spatial) bool: the union of the components the positive clicks so far fell in.
+
+    [A] per-lesion click targets (`clicks.target: lesion`): the first click's lesion, then each later positive click
+    adds the lesion it lands in; negative and padding clicks add nothing. `components` from `lesion_components`,
+    `clicks` one (coords (B, 1, ndim), labels (B, 1)) pair per round, as `first_clicks` / `next_clicks` give them.
+    """
+    hit = torch.zeros(components.shape[0], int(components.max()) + 1, dtype=torch.bool)
+    targets = []
+    for coords, labels in clicks:
+        for b in range(components.shape[0]):
+            if int(labels[b, 0]) == 1:
+                hit[b, components[b][tuple(coords[b, 0].long().tolist())]] = True
+        hit[:, 0] = False  # a positive click on background (not from the simulator) selects nothing
+        targets.append(torch.gather(hit, 1, components.reshape(len(hit), -1)).reshape(components.shape))
+    return targets

@@ -54,6 +54,7 @@ def segment_points(
     *,
     overlap: int = 64,
     num_negatives: int = 1,
+    negative_min_distance: float = 0.0,
     also_without_negatives: bool = False,
     chunk_size: int = 64,
     window_batch: int = 4,
@@ -61,8 +62,10 @@ def segment_points(
 ) -> Candidates:
     """Candidate masks for (N, 2) (x, y) `points` in an (H, W, 3) 0-255 image, one SAM window of sam.image_size.
 
-    Negatives are the `num_negatives` nearest other points (PromptNucSeg's K); with `also_without_negatives` every
-    object is decoded a second time with its negatives replaced by padding, and both candidates are kept.
+    Negatives are the `num_negatives` nearest other points (PromptNucSeg's K) at least `negative_min_distance`
+    away (0: the paper; more skips a detector's duplicate point inside the same nucleus); with
+    `also_without_negatives` every object is decoded a second time with its negatives replaced by padding, and both
+    candidates are kept.
     """
     device = sam.device
     size = sam.image_size
@@ -71,7 +74,8 @@ def segment_points(
     padded[:h, :w] = image
     corners = tile(padded.shape[:2], size=size, overlap=overlap)
     owner = assign_points(points, corners, size)
-    coords, labels = point_prompts(points.astype(np.float32), points.astype(np.float32), num_negatives)
+    coords, labels = point_prompts(points.astype(np.float32), points.astype(np.float32), num_negatives,
+                                   min_distance=negative_min_distance)
     variants = [labels]
     if also_without_negatives and num_negatives > 0:
         bare = labels.copy()

@@ -93,6 +93,7 @@ class InferenceConfig:
 
     overlap: int = 64
     nms_iou: float = 0.3
+    negative_min_distance: float = 0.0  # [A] native pixels; negatives nearer than this are skipped (duplicates)
     also_without_negatives: bool = True  # with K > 0, keep a second candidate decoded without negatives
     precision: str = "auto"  # fp32 | bf16 | auto (bf16 where the hardware has it)
     min_area: int = 4
@@ -216,7 +217,8 @@ class PromptNucSeg(nn.Module):
         seen = zoom_image(rgb, scale)  # SAM draws at its training magnification, results return to the input grid
         candidates = segment_points(
             self.segmentor, seen, (points + 0.5) * scale - 0.5, overlap=inf.overlap,
-            num_negatives=self.config.segmentor.num_negatives, also_without_negatives=inf.also_without_negatives,
+            num_negatives=self.config.segmentor.num_negatives, negative_min_distance=inf.negative_min_distance * scale,
+            also_without_negatives=inf.also_without_negatives,
             autocast_dtype=dtype,
         )
         labels, painted = merge_candidates(candidates, seen.shape[:2], nms_iou=inf.nms_iou, min_area=inf.min_area)
@@ -469,7 +471,8 @@ def train_promptnucseg(
                                length=tcfg.samples_per_epoch, seed=tcfg.seed)
         best = fit_stage(task, train_ds, val_samples, collate=collate, batch_size=batch, stage_dir=out / stage,
                          monitor=monitor, max_epochs=tcfg.max_epochs, max_minutes=tcfg.max_minutes,
-                         val_every=tcfg.val_every, precision=tcfg.precision, grad_clip=clip, progress=progress)
+                         val_every=tcfg.val_every, precision=tcfg.precision, grad_clip=clip, progress=progress,
+                         ema_decay=tcfg.ema_decay)
         load_task_weights(task, best)
         _save_stage(model, stage, model_file)
         summary[stage] = {"checkpoint": str(best) if best else None}

@@ -266,3 +266,18 @@ def test_prompter_overfits_one_consep_crop(shared_data) -> None:
         (pred,) = decode_points(model(x), image_size=(256, 256))
     scores = detection_scores(points, pred["points"], pred_scores=pred["scores"], radius=12)
     assert scores["f1"] > 0.5
+
+
+def test_nucleus_diameter_from_single_point_components() -> None:
+    from promptsam.inference.points import nucleus_diameter
+
+    yy, xx = np.mgrid[:200, :200]
+    fg = np.zeros((200, 200), bool)
+    centres = [(30, 30), (30, 100), (100, 30), (100, 100)]
+    for cy, cx in centres:
+        fg |= (yy - cy) ** 2 + (xx - cx) ** 2 <= 10**2  # four discs of diameter ~20
+    fg[150:190, 120:190] = True  # a big blob holding two points: a cluster, not one nucleus
+    points = np.array([[cx, cy] for cy, cx in centres] + [[130, 160], [180, 170]], np.float32)
+    assert nucleus_diameter(fg, points) == pytest.approx(20.0, abs=0.5)
+    assert nucleus_diameter(fg, points[:2]) is None  # too few single-point components to say
+    assert nucleus_diameter(fg, np.zeros((0, 2), np.float32)) is None

@@ -208,6 +208,29 @@ def test_clip_to_foreground_keeps_masks_inside_the_prompters_nucleus_mask(traine
     assert clipped.labels.max() == len(clipped.points) == len(clipped.scores)
 
 
+def test_nucleus_diameter_sets_the_magnification_per_image(trained, crops):
+    from dataclasses import replace
+
+    from promptsam.inference.points import nucleus_diameter
+
+    model, *_ = trained
+    image = crops[0]["image"]
+    prompts = model.find_prompts(image)
+    diameter = nucleus_diameter(prompts["foreground"], prompts["points"])
+    assert diameter is not None
+    plain = model.segment(image)
+    assert plain.scale == model.config.segmentor.scale
+    inference = model.config.inference
+    model.config = replace(model.config, inference=replace(inference, nucleus_diameter=2.0 * diameter,
+                                                             scale_range=(0.5, 4.0)))
+    try:
+        zoomed = model.segment(image)
+    finally:
+        model.config = replace(model.config, inference=inference)
+    assert zoomed.scale == pytest.approx(2.0)
+    assert zoomed.labels.shape == image.shape[:2] and zoomed.labels.max() == len(zoomed.points)
+
+
 # ---------------------------------------------------------------------------------------------- the segment CLI
 def test_segment_cli_writes_five_valid_outputs(trained, crops, tmp_path, shared_data, capsys):
     shapely = pytest.importorskip("shapely.geometry")

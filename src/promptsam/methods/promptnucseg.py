@@ -28,7 +28,7 @@ from promptsam.device import autocast, pick_device, resolve_precision
 from promptsam.errors import CheckpointError
 from promptsam.inference.merge import keep_large, shrink_labels
 from promptsam.inference.point_segmentation import merge_candidates, segment_points
-from promptsam.inference.points import decode_points
+from promptsam.inference.points import decode_points, nucleus_diameter
 from promptsam.inference.preprocess import to_rgb255, zoom_image
 from promptsam.losses.prompter import prompter_loss
 from promptsam.losses.segmentor import segmentor_loss
@@ -98,6 +98,9 @@ class InferenceConfig:
     precision: str = "auto"  # fp32 | bf16 | auto (bf16 where the hardware has it)
     min_area: int = 4
     clip_to_foreground: bool = False  # [A] keep only mask pixels the prompter's auxiliary nucleus mask calls nucleus
+    nucleus_diameter: float | None = None  # [A] magnify each image so its typical nucleus (inference.points.
+    # nucleus_diameter) is this many SAM pixels across, within scale_range; None = segmentor.scale for every image
+    scale_range: tuple[float, float] = (1.0, 3.0)
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,7 @@ class NucleusSegmentation:
     point_classes: np.ndarray  # (N,) class id of instance i+1
     scores: np.ndarray  # (N,) predicted IoU of instance i+1
     class_names: tuple[str, ...] = ()
+    scale: float = 1.0  # magnification at which SAM drew this image
 
 
 def build_prompter(cfg: PrompterConfig) -> PointPrompter:
@@ -207,12 +211,16 @@ class PromptNucSeg(nn.Module):
         dtype = resolve_precision(self.config.inference.precision, device)
         inf, scale = self.config.inference, self.config.segmentor.scale
         foreground = None
-        if points is None or inf.clip_to_foreground:
+        if points is None or inf.clip_to_foreground or inf.nucleus_diameter:
             prompts = self.find_prompts(rgb, autocast_dtype=dtype)
             foreground = prompts["foreground"]
         if points is None:
             points, point_classes = prompts["points"], prompts["classes"]
         points = np.asarray(points, np.float32).reshape(-1, 2)
+        if inf.nucleus_diameter:
+            diameter = nucleus_diameter(foreground, prompts["points"])
+            if diameter is not None:
+                scale = float(np.clip(inf.nucleus_diameter / diameter, *inf.scale_range))
         point_classes = np.ones(len(points), np.int64) if point_classes is None else np.asarray(point_classes)
         seen = zoom_image(rgb, scale)  # SAM draws at its training magnification, results return to the input grid
         candidates = segment_points(
@@ -235,7 +243,8 @@ class PromptNucSeg(nn.Module):
         if self.config.prompter.num_classes > 1:
             classes = np.concatenate([[0], cls]).astype(np.uint8)[labels]
         return NucleusSegmentation(labels=labels, classes=classes, points=points[owner], point_classes=cls,
-                                   scores=candidates.scores[painted], class_names=self.config.class_names)
+                                   scores=candidates.scores[painted], class_names=self.config.class_names,
+                                   scale=scale)
 
     # ---- one file holds the config and both models
     def save(self, path: str | os.PathLike, *, dtype: torch.dtype | None = None) -> Path:

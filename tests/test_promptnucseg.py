@@ -362,3 +362,22 @@ def test_negatives_skip_points_nearer_than_min_distance():
     assert nearest_others(pts, 1, min_distance=5)[:, 0].tolist() == [2, 2, 1, 2]
     coords, labels = point_prompts(pts, pts, 1, min_distance=25)
     assert labels[:, 1].tolist() == [0, 0, -1, 0]  # the point at x=10 has nothing 25 px away: padding
+
+
+def test_register_ships_bf16_with_changed_settings(trained, tmp_path, monkeypatch):
+    import promptsam.pretrained as pretrained
+
+    model, *_ = trained
+    source = model.save(tmp_path / "run.pt")
+    monkeypatch.setattr(pretrained, "WEIGHTS", tmp_path / "weights")
+    monkeypatch.setattr(pretrained, "REGISTRY_FILE", tmp_path / "weights" / "models.json")
+    (tmp_path / "weights").mkdir()
+    pretrained.main([str(source), "--name", "mine", "--set", "inference.nucleus_diameter=40",
+                     "--set", "inference.scale_range=[1.5, 2.5]"])
+    entry = json.loads((tmp_path / "weights" / "models.json").read_text())["mine"]
+    shipped = PromptNucSeg.load(tmp_path / "weights" / entry["file"], device="cpu")
+    assert shipped.config.inference.nucleus_diameter == 40
+    assert shipped.config.inference.scale_range == (1.5, 2.5)
+    assert shipped.config.segmentor == model.config.segmentor
+    assert next(iter(torch.load(tmp_path / "weights" / entry["file"], weights_only=True)["segmentor"].values())).dtype \
+        == torch.bfloat16

@@ -80,11 +80,15 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
 def load_preset(cls: type[T], preset: str | os.PathLike, overrides: dict[str, Any] | None = None) -> T:
     """A `cls` config from a preset name or YAML file, with dotted overrides ({"segmentor.lr": 1e-4})."""
     path = preset_path(preset)
-    data = load_yaml(path)
+    return from_dict(cls, apply_overrides(load_yaml(path), overrides), where=str(path))
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """Set dotted keys ({"segmentor.lr": 1e-4}) in a nested config dict, in place; returns it."""
     for dotted, value in (overrides or {}).items():
         node = data
         *parents, leaf = dotted.split(".")
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
-    return from_dict(cls, data, where=str(path))
+    return data

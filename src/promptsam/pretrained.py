@@ -8,8 +8,10 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+import yaml
 
 from promptsam.errors import CheckpointError
 
@@ -87,11 +89,17 @@ def load_model(name_or_path: str | os.PathLike = "default", *, device: str | tor
     return (MSAM if fmt == MSAM_FORMAT else PromptNucSeg).load(path, device=device)
 
 
-def register(model_file: str | os.PathLike, *, name: str, card: str, description: str) -> Path:
-    """Ship a trained model: store it in bf16 inside the package and record its hash under `name`."""
+def register(model_file: str | os.PathLike, *, name: str, card: str, description: str,
+             overrides: dict[str, Any] | None = None) -> Path:
+    """Ship a trained model: store it in bf16 inside the package and record its hash under `name`; dotted
+    `overrides` ({"inference.nucleus_diameter": 40}) change its stored config first."""
+    from promptsam.config import apply_overrides, from_dict, to_dict
     from promptsam.io.atomic import atomic_path
 
     model = load_model(model_file, device="cpu")
+    if overrides:
+        model.config = from_dict(type(model.config), apply_overrides(to_dict(model.config), overrides),
+                                 where=str(model_file))
     target = WEIGHTS / f"promptnucseg_{name}.pt"
     model.save(target, dtype=torch.bfloat16)  # half the size; weights are used in bf16/fp32 autocast anyway
     entries = json.loads(REGISTRY_FILE.read_text()) if REGISTRY_FILE.is_file() else {}
@@ -108,8 +116,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default="default")
     parser.add_argument("--card", default="docs/model_card_default.md")
     parser.add_argument("--description", default="PromptNucSeg CPU model trained on ../shared/data (2D)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="change a stored setting first, e.g. --set inference.nucleus_diameter=40 (YAML value)")
     args = parser.parse_args(argv)
-    path = register(args.model_file, name=args.name, card=args.card, description=args.description)
+    overrides = {}
+    for item in args.set:
+        if "=" not in item:
+            parser.error(f"--set {item!r}: expected KEY=VALUE")
+        key, value = item.split("=", 1)
+        overrides[key] = yaml.safe_load(value)
+    path = register(args.model_file, name=args.name, card=args.card, description=args.description,
+                    overrides=overrides)
     print(f"registered {args.name!r}: {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 

@@ -77,6 +77,55 @@ def test_refinement_sees_the_previous_round_and_the_loss_covers_the_chosen_round
         click_rounds_loss(rounds, target, rounds="first")
 
 
+def test_automatic_mode_starts_from_the_detectors_mask(monkeypatch):
+    """[A] automatic mode: the detector's probability is the first round's mask prompt (zeros before)."""
+    from promptsam.inference.clicks import LOGIT_THRESHOLD
+    from promptsam.io.volumes import Volume
+
+    torch.manual_seed(0)
+    model = MSAM(load_config("msam_cpu", TINY)).eval()
+    prob = np.zeros((100, 100, 100), np.float32)
+    prob[40:46, 50:56, 60:66] = 0.9
+    monkeypatch.setattr(model, "lesion_probability", lambda grid: prob)  # the detector, without training one
+    prompts = []
+    refine = model.network.refine
+
+    def spy(embeddings, coords, labels, previous=None):
+        prompts.append(previous)
+        return refine(embeddings, coords, labels, previous)
+
+    monkeypatch.setattr(model.network, "refine", spy)
+    volume = Volume(np.random.default_rng(0).random((100, 100, 100), np.float32), np.diag([1.5, 1.5, 1.5, 1.0]),
+                    (1.5, 1.5, 1.5))
+    result = model.segment(volume)
+    assert [r["mode"] for r in result.regions] == ["automatic"] and len(prompts) == 1  # auto_rounds 1 in TINY
+    first = prompts[0]
+    assert first is not None and first.shape == (1, 1, 32, 32, 32)
+    assert int((first > LOGIT_THRESHOLD).sum()) > 0 and float(first.min()) < 0  # the lesion, and background
+    assert np.isclose(float(model.detector_prompt(np.full((128,) * 3, 0.5, np.float32)).mean()), LOGIT_THRESHOLD)
+
+
+def test_per_lesion_training_scores_rounds_against_the_clicked_lesions(monkeypatch):
+    """[A] `clicks.target: lesion` trains each round on the lesions clicked so far; evaluation keeps the binary GT."""
+    import promptsam.methods.msam as msam
+
+    cfg = load_config("msam_cpu", {**TINY, "clicks.target": "lesion"})
+    task = msam.SegmentorTask(cfg, MSAM(cfg))
+    task.log_dict = lambda *a, **k: None
+    seen = []
+    monkeypatch.setattr(msam, "click_rounds_loss", lambda logits, target, **k: seen.append(target) or
+                        sum(x.sum() for x in logits))
+    label = torch.zeros(1, 1, 128, 128, 128)
+    label[0, 0, 20:30, 20:30, 20:30] = 1
+    label[0, 0, 90:100, 90:100, 90:100] = 1
+    task.training_step({"image": torch.randn(1, 1, 128, 128, 128), "label": label}, 0)
+    targets = seen[0]
+    assert len(targets) == 2 and targets[0].shape == label.shape
+    assert int(targets[0].sum()) == 1000 and bool((targets[0] <= label.bool()).all())  # one lesion of the two
+    with pytest.raises(ValueError, match="clicks.target"):
+        msam.SegmentorTask(load_config("msam_cpu", {**TINY, "clicks.target": "one"}), MSAM(cfg))
+
+
 def test_tiny_msam_overfits_one_region():
     """Loss falls when M-SAM trains on one fixed region with simulated clicks (the training step in miniature)."""
     from promptsam.methods.msam import SegmentorTask

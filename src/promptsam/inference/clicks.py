@@ -5,8 +5,8 @@ uniformly random voxel of the error region of the current prediction: a false ne
 false positive a negative one (the official `get_next_click3D_torch_2`, prediction binarised at logit > 0.5). The
 reference is the ground truth in evaluation and training; in promptsam's automatic mode it is the lesion detector's
 mask, so the same refinement runs without any ground truth. Training may instead score each round against the
-lesions clicked so far (`clicked_lesions`, [A]), its first click then drawn uniformly over lesions
-(`first_lesion_clicks`); later clicks are always simulated from the whole reference.
+lesions clicked so far (`clicked_lesions`, [A]), its first click then drawn uniformly over lesions rather than voxels
+(`first_lesion_clicks`); later clicks and evaluation always use the paper's simulator.
 """
 
 from __future__ import annotations

@@ -15,15 +15,16 @@ def dice_ce_loss() -> nn.Module:
     return DiceCELoss(sigmoid=True, squared_pred=True, reduction="mean")
 
 
-def click_rounds_loss(round_logits: Sequence[torch.Tensor], target: torch.Tensor, *, rounds: str = "all",
-                      loss: nn.Module | None = None) -> torch.Tensor:
+def click_rounds_loss(round_logits: Sequence[torch.Tensor], target: torch.Tensor | Sequence[torch.Tensor], *,
+                      rounds: str = "all", loss: nn.Module | None = None) -> torch.Tensor:
     """Loss over the refinement rounds: summed over all rounds (the released code) or on the last one (rebuttal).
 
-    `round_logits`: per round (B, 1, D, H, W) logits; `target`: (B, 1, D, H, W) binary.
+    `round_logits`: per round (B, 1, D, H, W) logits; `target`: (B, 1, D, H, W) binary, or one such per round.
     """
     if rounds not in ("all", "last"):
         raise ValueError(f"rounds must be 'all' or 'last', got {rounds!r}")
     loss = loss or dice_ce_loss()
-    target = target.float()
-    chosen = round_logits if rounds == "all" else round_logits[-1:]
-    return sum(loss(logits.float(), target) for logits in chosen)
+    targets = [target] * len(round_logits) if isinstance(target, torch.Tensor) else list(target)
+    pairs = list(zip(round_logits, targets, strict=True))
+    chosen = pairs if rounds == "all" else pairs[-1:]
+    return sum(loss(logits.float(), t.float()) for logits, t in chosen)

@@ -10,8 +10,10 @@ The pipeline, as in the paper's figure (methods.md §5.1):
            -> paste back onto the input's grid and affine -> NIfTI mask
 
 promptsam adds the automatic mode none of the 3D SAMs have: a small 3D U-Net (models/detector3d.py) maps the whole
-volume to a lesion map; each group of its components becomes a region of interest, and M-SAM refines against the
-detector's mask with the same click simulator the paper uses against the ground truth.
+volume to a lesion map; each group of its components becomes a region of interest, and M-SAM refines the detector's
+mask (its probability is the first round's mask prompt, [A]) with the same click simulator the paper uses against the
+ground truth. Training may score each click round against the lesions clicked so far (`clicks.target: lesion`, [A])
+instead of the whole mask, so that on multi-lesion volumes the clicks carry information.
 """
 
 from __future__ import annotations
@@ -42,7 +44,14 @@ from promptsam.data.volumes import (
 )
 from promptsam.device import autocast, pick_device, resolve_precision
 from promptsam.errors import CheckpointError, InputError
-from promptsam.inference.clicks import LOGIT_THRESHOLD, first_clicks, next_clicks
+from promptsam.inference.clicks import (
+    LOGIT_THRESHOLD,
+    clicked_lesions,
+    first_clicks,
+    first_lesion_clicks,
+    lesion_components,
+    next_clicks,
+)
 from promptsam.io.volumes import Volume, read_pair, read_volume
 from promptsam.losses.volume import click_rounds_loss, dice_ce_loss
 from promptsam.metrics.semantic import dice
@@ -86,6 +95,9 @@ class ClickConfig:
     test_rounds: int = 10  # the paper's evaluation
     loss_rounds: str = "all"  # "all": summed over rounds (code); "last": last round only (rebuttal)
     auto_rounds: int = 3  # [A] automatic mode: refinement rounds against the detector's mask
+    # training target: "all" the whole mask (paper); "lesion" [A] the union of the GT's 26-connected components hit
+    # by the positive clicks so far, the first click on a uniformly drawn lesion. Evaluation is the paper's.
+    target: str = "all"
 
 
 @dataclass(frozen=True)
@@ -170,22 +182,30 @@ class MSAM(nn.Module):
     # ---- the refinement loop shared by training, evaluation and the automatic mode
     def refine(self, volumes: torch.Tensor, reference: torch.Tensor | None, *, rounds: int,
                generator: torch.Generator | None = None, clicks: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-               ) -> list[torch.Tensor]:
+               mask_prompt: torch.Tensor | None = None, components: torch.Tensor | None = None,
+               record: list | None = None) -> list[torch.Tensor]:
         """Per-round logits (B, 1, S, S, S) of `rounds` rounds on z-normalised (B, 1, S, S, S) regions.
 
-        Clicks come from `reference` (B, S, S, S) with the paper's simulator, or are given (`clicks`: one
-        (coords (B, 1, 3), labels (B, 1)) pair per round). The previous round's low-res logits are the mask prompt.
+        Clicks are given (`clicks`: one (coords (B, 1, 3), labels (B, 1)) pair per round) or come from `reference`
+        (B, S, S, S) with the paper's simulator, the first one drawn uniformly over the reference's lesion `components`
+        when they are given (training with per-lesion targets, [A]); `record` receives the clicks.
+        The previous round's low-res logits are the mask prompt; `mask_prompt` (B, 1, s, s, s low-res logits)
+        replaces the first round's zeros.
         """
         embeddings = self.network.embed(volumes)
         size = volumes.shape[-3:]
-        outputs, previous, logits = [], None, None
+        outputs, previous, logits = [], mask_prompt, None
         for t in range(rounds):
             if clicks is not None:
                 coords, labels = clicks[t]
+            elif t == 0 and components is not None:
+                coords, labels = first_lesion_clicks(components, generator=generator)
             elif t == 0:
                 coords, labels = first_clicks(reference, generator=generator)
             else:
                 coords, labels = next_clicks(logits[:, 0], reference, generator=generator)
+            if record is not None:
+                record.append((coords, labels))
             low, _ = self.network.refine(embeddings, coords.to(volumes.device), labels.to(volumes.device), previous)
             logits = F.interpolate(low.float(), size=size, mode="trilinear", align_corners=False)
             outputs.append(logits)
@@ -209,6 +229,17 @@ class MSAM(nn.Module):
 
         return sliding_window_predict(norm, predict, roi_size=self.config.volume.size, overlap=0.25,
                                       device=self.device)
+
+    def detector_prompt(self, probability: np.ndarray) -> torch.Tensor:
+        """[A] The detector's probability on a region (S, S, S) as the first mask prompt: (1, 1, s, s, s) logits.
+
+        Max-pooled to the low-res grid (a detected lesion, however small, stays in the prompt) and turned into logits
+        shifted so the detector's threshold lands on the official logit cut, like a previous round's logits.
+        """
+        p = torch.from_numpy(np.ascontiguousarray(probability, np.float32))[None, None]
+        p = F.adaptive_max_pool3d(p, self.network.low_res_size).clamp(1e-3, 1 - 1e-3)
+        shift = LOGIT_THRESHOLD - float(np.log(self.config.detector.threshold / (1 - self.config.detector.threshold)))
+        return (torch.logit(p) + shift).to(self.device)
 
     def _regions(self, lesions: np.ndarray) -> list[tuple[float, float, float]]:
         """Centres of 128³ regions covering every component of a lesion mask (greedy, largest first)."""
@@ -254,7 +285,8 @@ class MSAM(nn.Module):
             centres, mode = [tuple(user[0, :3])], "interactive"
             rounds = len(clicks)
         else:
-            grid_ref = self.lesion_probability(grid_image) > self.config.detector.threshold
+            grid_prob = self.lesion_probability(grid_image)
+            grid_ref = grid_prob > self.config.detector.threshold
             # components as `_regions` labels them (scipy's default, 6-connected)
             grid_ref = remove_small_lesions(grid_ref, min_voxels=self.config.detector.min_voxels, connectivity=6)
             centres, mode = self._regions(grid_ref), "automatic"
@@ -265,7 +297,9 @@ class MSAM(nn.Module):
         for centre in centres:
             patch, crop = crop_or_pad(grid_image, centre, size=vcfg.size)
             x = torch.from_numpy(normalize_intensity(patch, modality=vcfg.modality))[None, None].to(self.device)
-            given, ref = None, None
+            given, ref, prompt = None, None, None
+            if mode == "automatic":  # M-SAM refines the detector's mask instead of starting from nothing
+                prompt = self.detector_prompt(crop_or_pad(grid_prob, centre, size=vcfg.size)[0])
             if mode == "interactive":
                 offset = np.array(crop.start, np.float64)
                 given = [(torch.tensor(np.round(user[i, :3] - offset), dtype=torch.float32).view(1, 1, 3),
@@ -273,7 +307,7 @@ class MSAM(nn.Module):
             else:
                 ref = torch.from_numpy(crop_or_pad(grid_ref, centre, size=vcfg.size)[0])[None]
             with autocast(self.device, dtype):
-                logits = self.refine(x, ref, rounds=rounds, generator=generator, clicks=given)[-1]
+                logits = self.refine(x, ref, rounds=rounds, generator=generator, clicks=given, mask_prompt=prompt)[-1]
             prob = torch.sigmoid(logits[0, 0].float() - LOGIT_THRESHOLD).cpu().numpy()  # 0.5 at the official cut
             probability = np.maximum(probability, paste(prob, crop))
             regions.append({"centre_input_voxels": _to_input(centre, to_grid), "rounds": rounds, "mode": mode})
@@ -431,6 +465,8 @@ class SegmentorTask(_Task):
                 p.requires_grad_("lora_" in name)
         self.loss = dice_ce_loss()
         self.generator = torch.Generator().manual_seed(config.training.seed)
+        if config.clicks.target not in ("all", "lesion"):
+            raise ValueError(f"clicks.target must be 'all' or 'lesion', got {config.clicks.target!r}")
 
     def configure_optimizers(self):
         o, net = self.config.optim, self.model.network
@@ -446,10 +482,16 @@ class SegmentorTask(_Task):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         label = batch["label"].bool()
+        components, clicks, target = None, [], label
+        if self.config.clicks.target == "lesion":  # [A] first click on a random lesion; targets: the lesions clicked
+            components = lesion_components(label[:, 0]).to(label.device)
         logits = self.model.refine(batch["image"], label[:, 0], rounds=self.config.clicks.train_rounds,
-                                   generator=self.generator)
-        loss = click_rounds_loss(logits, label, rounds=self.config.clicks.loss_rounds, loss=self.loss)
-        last = dice(label.cpu().numpy(), (logits[-1] > LOGIT_THRESHOLD).cpu().numpy())
+                                   generator=self.generator, components=components, record=clicks)
+        if self.config.clicks.target == "lesion":
+            target = [t[:, None].to(label.device) for t in clicked_lesions(components, clicks)]
+        loss = click_rounds_loss(logits, target, rounds=self.config.clicks.loss_rounds, loss=self.loss)
+        last = dice((target[-1] if isinstance(target, list) else target).cpu().numpy(),
+                    (logits[-1] > LOGIT_THRESHOLD).cpu().numpy())
         self.log_dict({"train/loss": loss, "train/dice_last": last}, batch_size=len(label))
         return loss
 

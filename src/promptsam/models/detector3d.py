@@ -2,8 +2,9 @@
 
 None of the 3D SAMs (SAM-Med3D, M-SAM) can run without a click from the ground truth. promptsam adds this light
 detector (our design, not in the papers): it maps a z-normalised volume at 1.5 mm to lesion logits; each connected
-component of its thresholded map becomes a region of interest and a first click, and its mask is the reference
-the click simulator refines against (inference/clicks.py), so M-SAM runs end to end without ground truth.
+component of its thresholded map becomes a region of interest and a first click, its probability is M-SAM's first
+mask prompt, and its mask is the reference the click simulator refines against (inference/clicks.py), so M-SAM runs
+end to end without ground truth.
 """
 
 from __future__ import annotations

@@ -281,3 +281,19 @@ def test_nucleus_diameter_from_single_point_components() -> None:
     assert nucleus_diameter(fg, points) == pytest.approx(20.0, abs=0.5)
     assert nucleus_diameter(fg, points[:2]) is None  # too few single-point components to say
     assert nucleus_diameter(fg, np.zeros((0, 2), np.float32)) is None
+
+
+def test_merge_views_keeps_points_seen_twice_at_their_mean() -> None:
+    from promptsam.inference.points import merge_views
+
+    def view(points, scores):
+        return {"points": np.array(points, np.float32).reshape(-1, 2), "scores": np.array(scores, np.float32),
+                "classes": np.ones(len(points), np.int64)}
+
+    views = [view([[10, 10], [50, 50]], [0.9, 0.8]), view([[12, 10], [90, 90]], [0.7, 0.99]),
+             view([[11, 13]], [0.6]), view([], [])]
+    merged = merge_views(views, radius=12.0)
+    # (10,10), (12,10), (11,13) vote for each other: one point at their mean; (50,50) and (90,90) were seen once
+    assert merged["points"].shape == (1, 2) and merged["points"][0].tolist() == pytest.approx([11.0, 11.0])
+    assert merged["scores"].tolist() == pytest.approx([0.9])
+    assert len(merge_views(views, radius=12.0, min_votes=1)["points"]) == 3

@@ -381,3 +381,24 @@ def test_register_ships_bf16_with_changed_settings(trained, tmp_path, monkeypatc
     assert shipped.config.segmentor == model.config.segmentor
     assert next(iter(torch.load(tmp_path / "weights" / entry["file"], weights_only=True)["segmentor"].values())).dtype \
         == torch.bfloat16
+
+
+def test_test_time_flips_make_prompts_mirror_with_the_image(trained, crops):
+    from dataclasses import replace
+
+    model, *_ = trained
+    image = crops[0]["image"]
+    assert image.shape[0] % 32 == 0 and image.shape[1] % 32 == 0  # no padding: the four views are the same set
+    prompter = model.config.prompter
+    model.config = replace(model.config, prompter=replace(prompter, test_time_flips=True))
+    try:
+        found = model.find_prompts(image)
+        mirrored = model.find_prompts(np.ascontiguousarray(image[:, ::-1]))
+    finally:
+        model.config = replace(model.config, prompter=prompter)
+    assert len(found["points"]) > 0
+    back = mirrored["points"].copy()
+    back[:, 0] = image.shape[1] - 1 - back[:, 0]
+    order = lambda p: p[np.lexsort((p[:, 1], p[:, 0]))]  # noqa: E731
+    assert np.allclose(order(found["points"]), order(back), atol=1e-3)
+    assert np.array_equal(found["foreground"], mirrored["foreground"][:, ::-1])

@@ -28,7 +28,7 @@ from promptsam.device import autocast, pick_device, resolve_precision
 from promptsam.errors import CheckpointError
 from promptsam.inference.merge import keep_large, shrink_labels
 from promptsam.inference.point_segmentation import merge_candidates, segment_points
-from promptsam.inference.points import decode_points, nucleus_diameter
+from promptsam.inference.points import decode_points, merge_views, nucleus_diameter
 from promptsam.inference.preprocess import to_rgb255, zoom_image
 from promptsam.losses.prompter import prompter_loss
 from promptsam.losses.segmentor import segmentor_loss
@@ -58,6 +58,7 @@ class PrompterConfig:
     nms_radius: float = 12.0
     mask_filter: bool = True  # MAPF: on for Kumar/CPM-17, off in the PanNuke configs
     min_foreground: float | None = None  # [A] keep anchors with P(nucleus) >= this; None = the paper's argmax rule
+    test_time_flips: bool = False  # [A] points found in >= 2 of 4 flipped views, averaged (points.merge_views)
     crop: int = 256
     batch_size: int = 8
     lr: float = 1e-4
@@ -121,6 +122,8 @@ def load_config(preset: str | os.PathLike, overrides: dict[str, Any] | None = No
 
 
 # -------------------------------------------------------------------------------------------------- the model
+FLIPS = ((False, False), (False, True), (True, False), (True, True))  # (vertical, horizontal) test-time flips
+
 @dataclass
 class NucleusSegmentation:
     """Result of segmenting one image: instance map, class map (or None), and per-instance prompt data."""
@@ -189,16 +192,28 @@ class PromptNucSeg(nn.Module):
         """Points (N, 2) (x, y), classes (N,) and scores (N,) of every nucleus the prompter finds in a 0-255 image,
         and its auxiliary nucleus mask `foreground` (H, W) bool."""
         device = next(self.prompter.parameters()).device
-        x = normalize_images(torch.from_numpy(image).permute(2, 0, 1)[None].float().to(device))
-        x, _ = pad_to_multiple(x, max(32, self.config.prompter.anchor_spacing))
+        cfg = self.config.prompter
+        h, w = image.shape[:2]
+        flips = FLIPS if cfg.test_time_flips else FLIPS[:1]
+        views = np.stack([image[::-1 if fy else 1, ::-1 if fx else 1] for fy, fx in flips])
+        x = normalize_images(torch.from_numpy(views).permute(0, 3, 1, 2).float().to(device))
+        x, _ = pad_to_multiple(x, max(32, cfg.anchor_spacing))
         with autocast(device, autocast_dtype):
             outputs = self.prompter(x)
         outputs = {k: v.float() for k, v in outputs.items()}
-        cfg = self.config.prompter
-        found = decode_points(outputs, image_size=image.shape[:2], nms_radius=cfg.nms_radius,
-                              mask_filter=cfg.mask_filter, min_foreground=cfg.min_foreground)[0]
-        h, w = image.shape[:2]
-        found["foreground"] = (outputs["mask_logits"][0, 0, :h, :w] > 0).cpu().numpy()
+        per_view = decode_points(outputs, image_size=(h, w), nms_radius=cfg.nms_radius, mask_filter=cfg.mask_filter,
+                                 min_foreground=cfg.min_foreground)
+        masks = outputs["mask_logits"][:, 0, :h, :w]
+        for i, (fy, fx) in enumerate(flips):  # every view back on the image grid
+            pts = per_view[i]["points"]
+            if fx:
+                pts[:, 0] = w - 1 - pts[:, 0]
+                masks[i] = masks[i].flip(-1)
+            if fy:
+                pts[:, 1] = h - 1 - pts[:, 1]
+                masks[i] = masks[i].flip(-2)
+        found = per_view[0] if len(flips) == 1 else merge_views(per_view, radius=cfg.nms_radius)
+        found["foreground"] = (masks.mean(0) > 0).cpu().numpy()
         return found
 
     # ---- steps 2-3: SAM draws each prompt, then merge

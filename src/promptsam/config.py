@@ -83,6 +83,17 @@ def load_preset(cls: type[T], preset: str | os.PathLike, overrides: dict[str, An
     return from_dict(cls, apply_overrides(load_yaml(path), overrides), where=str(path))
 
 
+def parse_settings(items: list[str]) -> dict[str, Any]:
+    """`--set KEY=VALUE` strings as dotted overrides, each value read as YAML ("3e-4" -> 0.0003, "[1, 2]" -> list)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise PromptSAMError(f"--set {item!r}: expected KEY=VALUE")
+        key, value = item.split("=", 1)
+        out[key] = yaml.safe_load(value)
+    return out
+
+
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
     """Set dotted keys ({"segmentor.lr": 1e-4}) in a nested config dict, in place; returns it."""
     for dotted, value in (overrides or {}).items():

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from promptsam.errors import CheckpointError
 
@@ -119,12 +118,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="change a stored setting first, e.g. --set inference.nucleus_diameter=40 (YAML value)")
     args = parser.parse_args(argv)
-    overrides = {}
-    for item in args.set:
-        if "=" not in item:
-            parser.error(f"--set {item!r}: expected KEY=VALUE")
-        key, value = item.split("=", 1)
-        overrides[key] = yaml.safe_load(value)
+    from promptsam.config import parse_settings
+    from promptsam.errors import PromptSAMError
+
+    try:
+        overrides = parse_settings(args.set)
+    except PromptSAMError as err:
+        parser.error(str(err))
     path = register(args.model_file, name=args.name, card=args.card, description=args.description,
                     overrides=overrides)
     print(f"registered {args.name!r}: {path} ({path.stat().st_size / 1e6:.1f} MB)")

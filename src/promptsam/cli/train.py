@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from promptsam.errors import PromptSAMError
+from promptsam.config import parse_settings
 
 
 def _run_arguments(p: argparse.ArgumentParser, *, data_help: str, preset: str, preset_help: str,
@@ -53,12 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _set_values(args: argparse.Namespace) -> dict:
     """--set KEY=VALUE pairs and --max-minutes as dotted config overrides."""
-    out: dict = {}
-    for item in args.set:
-        if "=" not in item:
-            raise PromptSAMError(f"--set {item!r}: expected KEY=VALUE")
-        key, value = item.split("=", 1)
-        out[key] = yaml.safe_load(value)
+    out = parse_settings(args.set)
     if args.max_minutes is not None:
         out["training.max_minutes"] = args.max_minutes
     return out

@@ -57,3 +57,20 @@ def test_ema_checkpoints_hold_the_average_and_the_raw_weights(tmp_path):
     assert 0.0 < average < raw < 1.0
     assert task.w.item() == pytest.approx(torch.load(tmp_path / "checkpoints" / "last.ckpt",
                                                      weights_only=False)["state_dict"]["w"].item())
+
+
+def test_training_transforms_magnify_by_the_configured_scale_range():
+    import numpy as np
+
+    from promptsam.data.transforms import training_transforms
+
+    yy, xx = np.mgrid[:40, :40]
+    label = ((yy - 20) ** 2 + (xx - 20) ** 2 <= 16).astype(np.int32)
+    sample = {"image": np.full((40, 40, 3), 128, np.uint8), "label": label}
+
+    def area(**scale) -> int:
+        out = training_transforms(80, seed=0, **scale)({k: v.copy() for k, v in sample.items()})
+        return int((out["label"] > 0).sum())
+
+    assert area(scale=(2.0, 2.0), scale_p=1.0) == pytest.approx(4 * label.sum(), rel=0.15)
+    assert area(scale=(2.0, 2.0), scale_p=0.0) == label.sum()

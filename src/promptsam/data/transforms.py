@@ -157,13 +157,15 @@ class Zoom:
         return _zoom(sample, self.factor, grid_mode=True, mode="nearest")
 
 
-def training_transforms(crop: int = 256, *, zoom: float = 1.0, seed: int | None = None) -> Compose:
+def training_transforms(crop: int = 256, *, zoom: float = 1.0, scale: tuple[float, float] = (0.8, 1.25),
+                        scale_p: float = 0.3, seed: int | None = None) -> Compose:
     """The augmentation pipeline of the nucleus trainers (a CPU-cheap subset of PromptNucSeg's, methods.md §3.2).
 
-    With `zoom` != 1 the crop is taken at `crop / zoom` pixels and magnified to `crop` (the segmentor's `scale`).
+    With `zoom` != 1 the crop is taken at `crop / zoom` pixels and magnified to `crop` (the segmentor's `scale`);
+    `scale` and `scale_p` are RandomScale's range and probability (magnification augmentation).
     """
     return Compose(
-        [RandomScale(), RandomCrop(round(crop / zoom)), Zoom(zoom), RandomFlipRotate(), ColorJitter(), GaussianBlur(),
-         GaussianNoise()],
+        [RandomScale(scale, scale_p), RandomCrop(round(crop / zoom)), Zoom(zoom), RandomFlipRotate(), ColorJitter(),
+         GaussianBlur(), GaussianNoise()],
         seed=seed,
     )

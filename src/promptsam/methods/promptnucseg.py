@@ -60,6 +60,8 @@ class PrompterConfig:
     min_foreground: float | None = None  # [A] keep anchors with P(nucleus) >= this; None = the paper's argmax rule
     test_time_flips: bool = False  # [A] points found in >= 2 of 4 flipped views, averaged (points.merge_views)
     crop: int = 256
+    scale_augment: tuple[float, float] = (0.8, 1.25)  # [A] random magnification of training crops (RandomScale)
+    scale_augment_p: float = 0.3
     batch_size: int = 8
     lr: float = 1e-4
     weight_decay: float = 1e-4
@@ -491,7 +493,9 @@ def train_promptnucseg(
             collate = SegmentorCollate(config.segmentor.num_objects, config.segmentor.num_negatives, tcfg.seed,
                                        None if jitter is None else jitter * config.segmentor.scale)
         zoom = config.segmentor.scale if stage == "segmentor" else 1.0
-        train_ds = CropDataset(train_samples, training_transforms(crop, zoom=zoom, seed=tcfg.seed),
+        augment = {} if stage == "segmentor" else {"scale": tuple(config.prompter.scale_augment),
+                                                    "scale_p": config.prompter.scale_augment_p}
+        train_ds = CropDataset(train_samples, training_transforms(crop, zoom=zoom, seed=tcfg.seed, **augment),
                                length=tcfg.samples_per_epoch, seed=tcfg.seed)
         best = fit_stage(task, train_ds, val_samples, collate=collate, batch_size=batch, stage_dir=out / stage,
                          monitor=monitor, max_epochs=tcfg.max_epochs, max_minutes=tcfg.max_minutes,

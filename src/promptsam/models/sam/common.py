@@ -56,5 +56,6 @@ _ONEDNN = (
 
 
 def fusable(x: torch.Tensor) -> bool:
-    """Whether oneDNN's fused kernels may replace plain ops for `x`: on CPU, with no autograd graph recorded."""
-    return _ONEDNN and x.device.type == "cpu" and not torch.is_grad_enabled()
+    """Whether oneDNN's fused kernels may replace plain ops for `x`: on CPU, with no autograd graph recorded, outside
+    `torch.compile` (which fuses by itself)."""
+    return _ONEDNN and x.device.type == "cpu" and not torch.is_grad_enabled() and not torch.compiler.is_compiling()

@@ -401,4 +401,5 @@ def test_test_time_flips_make_prompts_mirror_with_the_image(trained, crops):
     back[:, 0] = image.shape[1] - 1 - back[:, 0]
     order = lambda p: p[np.lexsort((p[:, 1], p[:, 0]))]  # noqa: E731
     assert np.allclose(order(found["points"]), order(back), atol=1e-3)
-    assert np.array_equal(found["foreground"], mirrored["foreground"][:, ::-1])
+    # the nucleus mask is the unflipped view's (one mask-head pass for the four views)
+    assert np.array_equal(found["foreground"], model.find_prompts(image)["foreground"])

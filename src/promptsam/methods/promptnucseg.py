@@ -201,21 +201,22 @@ class PromptNucSeg(nn.Module):
         x = normalize_images(torch.from_numpy(views).permute(0, 3, 1, 2).float().to(device))
         x, _ = pad_to_multiple(x, max(32, cfg.anchor_spacing))
         with autocast(device, autocast_dtype):
-            outputs = self.prompter(x)
+            outputs = self.prompter(x, mask_images=1)  # the nucleus mask of the unflipped view serves all views
         outputs = {k: v.float() for k, v in outputs.items()}
+        mask = outputs["mask_logits"][..., :h, :w]
+        pad = (0, x.shape[-1] - w, 0, x.shape[-2] - h)
+        outputs["mask_logits"] = torch.cat([F.pad(mask.flip([d for d, f in ((-2, fy), (-1, fx)) if f]), pad)
+                                            for fy, fx in flips])
         per_view = decode_points(outputs, image_size=(h, w), nms_radius=cfg.nms_radius, mask_filter=cfg.mask_filter,
                                  min_foreground=cfg.min_foreground)
-        masks = outputs["mask_logits"][:, 0, :h, :w]
-        for i, (fy, fx) in enumerate(flips):  # every view back on the image grid
+        for i, (fy, fx) in enumerate(flips):  # every view's points back on the image grid
             pts = per_view[i]["points"]
             if fx:
                 pts[:, 0] = w - 1 - pts[:, 0]
-                masks[i] = masks[i].flip(-1)
             if fy:
                 pts[:, 1] = h - 1 - pts[:, 1]
-                masks[i] = masks[i].flip(-2)
         found = per_view[0] if len(flips) == 1 else merge_views(per_view, radius=cfg.nms_radius)
-        found["foreground"] = (masks.mean(0) > 0).cpu().numpy()
+        found["foreground"] = (mask[0, 0] > 0).cpu().numpy()
         return found
 
     # ---- steps 2-3: SAM draws each prompt, then merge

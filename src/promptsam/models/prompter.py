@@ -196,9 +196,10 @@ class PointPrompter(nn.Module):
         """Input height and width must be multiples of this (max of the coarsest stride and λ)."""
         return max(STRIDES[-1], self.anchor_spacing)
 
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, images: torch.Tensor, *, mask_images: int | None = None) -> dict[str, torch.Tensor]:
         """(B, 3, H, W) normalised images -> coords (B, M, 2) float32 (x, y) px, logits (B, M, C+1), mask_logits
-        (B, 1, H, W); M = (H/λ)(W/λ) anchors in row-major order, last logit = background."""
+        (B, 1, H, W); M = (H/λ)(W/λ) anchors in row-major order, last logit = background. With `mask_images` = k
+        the auxiliary mask is computed for the first k images only (mask_logits (k, 1, H, W))."""
         b, _, h, w = images.shape
         m = self.size_multiple
         if h % m or w % m:
@@ -221,6 +222,6 @@ class PointPrompter(nn.Module):
         roi = self.conv(roi).permute(0, 2, 3, 1)
         coords = proposals + self.reg_head(roi).float()
         logits = self.cls_head(roi)
-        mask = self.mask_head(self.neck_mask(feats)[0])
+        mask = self.mask_head(self.neck_mask([f[:mask_images] for f in feats])[0])
         mask = F.interpolate(mask, size=(h, w), mode="bilinear", align_corners=self.official_quirks)
         return {"coords": coords.flatten(1, 2), "logits": logits.flatten(1, 2), "mask_logits": mask}

@@ -91,29 +91,32 @@ def segment_points(
         with autocast(device, autocast_dtype):
             embeddings = sam.embed_images(x_in)
             details = sam.embed_details(x_in)
-        for j, t in enumerate(group):
-            y0, x0 = corners[t]
-            members = np.flatnonzero(owner == t)
-            shift = np.array([x0, y0], np.float32)
-            for variant in variants:
-                for c in range(0, len(members), chunk_size):
-                    ids = members[c : c + chunk_size]
-                    pts = torch.from_numpy(coords[ids] - shift).to(device)
-                    lbl = torch.from_numpy(variant[ids]).to(device)
-                    with autocast(device, autocast_dtype):
-                        low, iou = sam.decode(embeddings[j : j + 1], points=(pts, lbl),
-                                              image_details=None if details is None else details[j : j + 1])
-                    masks = F.interpolate(low.float(), (size, size), mode="bilinear", align_corners=False)[:, 0] > 0
-                    masks = masks.cpu().numpy()
-                    for m, s, i in zip(masks, iou[:, 0].float().cpu().numpy(), ids, strict=True):
-                        m = m[: max(0, h - y0), : max(0, w - x0)]  # drop the zero padding beyond the image
-                        cropped = _crop_to_box(m)
-                        if cropped is None:
-                            continue
-                        crops.append(cropped[0])
-                        offsets.append((cropped[1][0] + y0, cropped[1][1] + x0))
-                        scores.append(s)
-                        index.append(i)
+        # all prompts of the group's windows are decoded together, each reading its own window's embedding
+        members = [np.flatnonzero(owner == t) for t in group]
+        ids_all = np.concatenate(members)
+        window_of = np.repeat(np.arange(len(group)), [len(m) for m in members])
+        shift_all = corners[group][window_of][:, ::-1].astype(np.float32)  # (x0, y0) of each prompt's window
+        for variant in variants:
+            for c in range(0, len(ids_all), chunk_size):
+                part = slice(c, c + chunk_size)
+                ids, windows = ids_all[part], window_of[part]
+                pts = torch.from_numpy(coords[ids] - shift_all[part][:, None]).to(device)
+                lbl = torch.from_numpy(variant[ids]).to(device)
+                window = torch.from_numpy(windows).to(device)
+                with autocast(device, autocast_dtype):
+                    low, iou = sam.decode(embeddings, points=(pts, lbl), image_index=window, image_details=details)
+                masks = F.interpolate(low.float(), (size, size), mode="bilinear", align_corners=False)[:, 0] > 0
+                masks = masks.cpu().numpy()
+                for m, s, i, wi in zip(masks, iou[:, 0].float().cpu().numpy(), ids, windows, strict=True):
+                    y0, x0 = corners[group[wi]]
+                    m = m[: max(0, h - y0), : max(0, w - x0)]  # drop the zero padding beyond the image
+                    cropped = _crop_to_box(m)
+                    if cropped is None:
+                        continue
+                    crops.append(cropped[0])
+                    offsets.append((cropped[1][0] + y0, cropped[1][1] + x0))
+                    scores.append(s)
+                    index.append(i)
     return Candidates(
         crops=crops,
         offsets=np.array(offsets, np.int64).reshape(-1, 2),

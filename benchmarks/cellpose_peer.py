@@ -42,6 +42,11 @@ runs until the deadline guard instead (at worst cutting the last LR decay epochs
 pre-hook stops training if it passes the budget by more than 2 % (e.g. when the CPU gets busier); the weights
 are then saved as they are and `stopped_by_deadline` is recorded. The JSON records the actual wall and CPU
 seconds of each phase.
+
+Resume (``--resume``): an equal budget to promptsam's default (several CPU hours) does not fit one sitting, so it
+can be spent in chunks: each chunk starts from the weights the previous one saved and runs one more train_seg
+call of --minutes (so train_seg's warm-up and LR decay repeat per chunk, a deviation from one long call);
+``total_cpu_seconds`` and ``chunks`` in train_record.json add the chunks up.
 """
 
 from __future__ import annotations
@@ -218,6 +223,14 @@ def run_training(args: argparse.Namespace, root: Path) -> dict:
     if model.pretrained_model:
         raise RuntimeError("cellpose_peer: a pretrained model was selected; refusing to continue")
     net = model.net
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    model_path = args.run_dir / "models" / MODEL_NAME
+    previous = None
+    if args.resume and model_path.is_file():  # continue the weights of an earlier budget chunk (see "Resume")
+        previous = json.loads((args.run_dir / "train_record.json").read_text())
+        net.load_model(str(model_path), device=torch.device("cpu"))
+        done = previous.get("total_cpu_seconds", previous["cpu_seconds"])
+        print(f"  resumed from {model_path} after {done:.0f} cpu-s", file=sys.stderr)
     scale_range = 0.5  # train_seg's value for rescale=True
     sec_per_batch = _probe_seconds_per_batch(net, images, flows, args.batch_size, scale_range)
     t, c = mark("probe", t, c)
@@ -241,8 +254,6 @@ def run_training(args: argparse.Namespace, root: Path) -> dict:
             counter["batches"] += 1
 
     handle = net.register_forward_pre_hook(guard)
-    args.run_dir.mkdir(parents=True, exist_ok=True)
-    model_path = args.run_dir / "models" / MODEL_NAME
     stopped = False
     opt = {"learning_rate": 0.2, "SGD": True} if args.sgd else {"learning_rate": 0.005, "SGD": False}
     try:
@@ -270,13 +281,23 @@ def run_training(args: argparse.Namespace, root: Path) -> dict:
         handle.remove()
     mark("train_seg", t, c)
     train_s = time.perf_counter() - t_start
+    cpu_s = _cpu_seconds() - cpu_start
     print(f"  training total: {train_s:.1f} s wall for a budget of {budget:.0f} s", file=sys.stderr)
+    chunks = (previous or {}).get("chunks", [previous] if previous else []) + [
+        {"seconds": round(train_s, 1), "cpu_seconds": round(cpu_s, 1), "batches": counter["batches"],
+         "threads": args.threads, "stopped_by_deadline": stopped}
+    ]
     return {
+        "chunks": [{k: c[k] for k in ("seconds", "cpu_seconds", "batches", "threads", "stopped_by_deadline")}
+                   for c in chunks],
+        "total_seconds": round(sum(c["seconds"] for c in chunks), 1),
+        "total_cpu_seconds": round(sum(c["cpu_seconds"] for c in chunks), 1),
+        "total_batches": sum(c["batches"] for c in chunks),
         "cellpose_version": _dist_version("cellpose"),
         "model_path": str(model_path),
         "budget_s": budget,
         "seconds": round(train_s, 1),
-        "cpu_seconds": round(_cpu_seconds() - cpu_start, 1),
+        "cpu_seconds": round(cpu_s, 1),
         "phases": phases,
         "threads": args.threads,
         "n_train": len(images),
@@ -363,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--sgd", action="store_true", help="cellpose CLI recipe: SGD, lr 0.2 (default AdamW 0.005)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the model in --run-dir for another --minutes (budget spread over sessions)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "cellpose_peer.json")
     args = parser.parse_args(argv)
     if args.minutes is None and not args.eval_only:
@@ -423,7 +446,8 @@ def main(argv: list[str] | None = None) -> int:
     mono = datasets["monuseg"]["seconds_per_1000x1000_image"]
     print(
         f"training: {record['seconds']:.0f} s wall ({record['cpu_seconds']:.0f} s cpu) of a {record['budget_s']:.0f} s"
-        f" budget, {record['epochs_completed']} epochs x {record['nimg_per_epoch']} images, {args.threads} thread(s);"
+        f" budget, {record['epochs_completed']} epochs x {record['nimg_per_epoch']} images, {args.threads} thread(s)"
+        f" (all chunks: {record.get('total_cpu_seconds', record['cpu_seconds']) / 60:.0f} cpu-min);"
         f" MoNuSeg 1000x1000: {mono} s/image; inference peak RSS {results['eval']['peak_rss_mb_inference']:.0f} MB"
     )
 

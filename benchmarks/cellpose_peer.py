@@ -384,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--sgd", action="store_true", help="cellpose CLI recipe: SGD, lr 0.2 (default AdamW 0.005)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-only", action="store_true", help="stop after training (a budget chunk)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the model in --run-dir for another --minutes (budget spread over sessions)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "cellpose_peer.json")
@@ -404,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
         record = run_training(args, root)
         record["command"] = "python benchmarks/cellpose_peer.py " + shlex.join(argv)
         record_path.write_text(json.dumps(record, indent=2) + "\n")
+        if args.train_only:
+            return 0
         # evaluate in a fresh process so its peak memory is that of inference alone
         cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--eval-only"]
         return subprocess.call(cmd)

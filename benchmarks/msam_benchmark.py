@@ -1,6 +1,7 @@
 """M-SAM benchmark: Dice with simulated clicks, automatic mode, the percentile floor, speed and memory, per volume.
 
     .venv/bin/python benchmarks/msam_benchmark.py --model RUN/model.pt [--threads 2] [--data ../shared/data]
+        [--no-speed] [--results NAME]
 
 Per dev volume (frozen split: patient07 and BraTS are validation, patient19 trains):
 - evaluation mode (the paper's protocol): clicks simulated from the ground truth, region centred on it; Dice on the
@@ -12,7 +13,7 @@ Per dev volume (frozen split: patient07 and BraTS are validation, patient19 trai
 Speed and peak memory (VmHWM of a fresh process each): one 128³ forward (embedding + one click round) of the
 full SAM-Med3D + MEA (random weights; what a user with the official checkpoint runs) and of this model; the
 reference implementation's (medim) SAM-Med3D encoder in the same run when installed; and automatic mode on a whole
-182x218x182 volume. Writes benchmarks/results/msam_benchmark.json.
+182x218x182 volume (`--no-speed` skips them). Writes benchmarks/results/msam_benchmark.json (or NAME.json).
 """
 
 from __future__ import annotations
@@ -95,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, required=True, help="M-SAM model file (promptsam train msam)")
     parser.add_argument("--data", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-speed", action="store_true", help="Dice only: skip the speed and memory runs")
+    parser.add_argument("--results", default="msam_benchmark", help="results file name under benchmarks/results")
     parser.add_argument("--measure", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--volume", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -144,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(f"  {info['case']}: done", file=sys.stderr)
 
-    speed = {
+    speed = {} if args.no_speed else {
         "msam_full_random_128": _subprocess("full", args, meta[0]["image"]),
         "msam_this_model_128": _subprocess("small", args, meta[0]["image"]),
         "reference_sam_med3d_encoder_128": _subprocess("reference", args, meta[0]["image"]),
@@ -155,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows, columns)
     for name, value in speed.items():
         print(f"{name}: {value}")
-    write_results("msam_benchmark", {"machine": machine(), "threads": args.threads, "model": str(args.model),
+    write_results(args.results, {"machine": machine(), "threads": args.threads, "model": str(args.model),
                                      "config": json.loads(json.dumps(model.config, default=lambda o: o.__dict__)),
                                      "rows": rows, "speed": speed, "mean_val_auto_dice": float(np.mean(
                                          [r["auto_dice"] for r in rows if r["split"] == "val"]))})

@@ -6,7 +6,8 @@ false positive a negative one (the official `get_next_click3D_torch_2`, predicti
 reference is the ground truth in evaluation and training; in promptsam's automatic mode it is the lesion detector's
 mask, so the same refinement runs without any ground truth. Training may instead score each round against the
 lesions clicked so far (`clicked_lesions`, [A]), its first click then drawn uniformly over lesions rather than voxels
-(`first_lesion_clicks`); later clicks and evaluation always use the paper's simulator.
+(`first_lesion_clicks`); later clicks and evaluation always use the paper's simulator. `paint_clicks` ([A]) also
+writes each click into the low-res mask prompt, the way a from-scratch model can learn to follow it.
 """
 
 from __future__ import annotations
@@ -105,3 +106,34 @@ def clicked_lesions(components: torch.Tensor, clicks: list[tuple[torch.Tensor, t
         hit[:, 0] = False  # a positive click on background (not from the simulator) selects nothing
         targets.append(torch.gather(hit, 1, components.reshape(len(hit), -1)).reshape(components.shape))
     return targets
+
+
+CLICK_LOGIT = 5.0  # [A] value painted into the mask prompt at a click (sigmoid 0.99 past the 0.5 cut)
+
+
+def paint_clicks(low_logits: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor, *, volume_size: int,
+                 radius: float, value: float = CLICK_LOGIT) -> torch.Tensor:
+    """[A] Clicks written into the low-res mask prompt: +`value` around a positive click, -`value` around a negative.
+
+    `low_logits` (B, 1, s, s, s) previous low-res logits of a (B, 1, S, S, S) input with S = `volume_size`; `coords`
+    (B, P, 3) voxel indices of the input, `labels` (B, P) (padding, -1, paints nothing). A ball of `radius` input
+    voxels around the click is painted, at least the low-res voxel holding it. Returns a new tensor.
+
+    Why: SAM's sparse click token reaches the mask only through attention between its Fourier position code and the
+    image tokens' code, which a from-scratch model learns far too slowly (the synthetic click test and the v1/v2 CPU
+    models ignore the click's position); the dense mask prompt goes through convolutions and is local by construction,
+    so a click painted into it is followed after a few hundred steps. The sparse token is still fed, as officially.
+    """
+    out = low_logits.clone()
+    size = low_logits.shape[-1]
+    scale = volume_size / size
+    centres = (torch.arange(size, device=low_logits.device, dtype=torch.float32) + 0.5) * scale - 0.5
+    for b in range(coords.shape[0]):
+        for point, label in zip(coords[b].float().to(low_logits.device), labels[b].tolist(), strict=True):
+            if label not in (0, 1):
+                continue
+            d = [(centres - p) ** 2 for p in point]
+            ball = d[0][:, None, None] + d[1][None, :, None] + d[2][None, None, :] <= radius**2
+            ball[tuple(int(v) for v in (point / scale).long().clamp(0, size - 1))] = True
+            out[b, 0][ball] = value if label == 1 else -value
+    return out

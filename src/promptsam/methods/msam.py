@@ -13,7 +13,9 @@ promptsam adds the automatic mode none of the 3D SAMs have: a small 3D U-Net (mo
 volume to a lesion map; each group of its components becomes a region of interest, and M-SAM refines the detector's
 mask (its probability is the first round's mask prompt, [A]) with the same click simulator the paper uses against the
 ground truth. Training may score each click round against the lesions clicked so far (`clicks.target: lesion`, [A])
-instead of the whole mask, so that on multi-lesion volumes the clicks carry information.
+instead of the whole mask, so that on multi-lesion volumes the clicks carry information, and may paint each click
+into the mask prompt as well as feeding its token (`network.click_radius`, [A]): trained from scratch, M-SAM
+ignores the position of a click given as a token only.
 """
 
 from __future__ import annotations
@@ -74,6 +76,9 @@ class NetworkConfig:
     checkpoint: str | None = None  # sam_med3d_turbo.pth; None = from scratch
     lora_rank: int = 4  # 0 = no LoRA: the whole encoder trains (only sensible from scratch)
     mea_heads: int = 6
+    # [A] > 0: each click is also painted into the mask prompt (+/- CLICK_LOGIT on a ball of this radius, input
+    # voxels), which a from-scratch model learns to follow; 0 = the paper (click token only)
+    click_radius: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -162,7 +167,7 @@ def build_network(cfg: NetworkConfig) -> MSam:
     channels = sam.prompt_encoder.embed_dim
     grid = sam.prompt_encoder.image_embedding_size[0]
     adapter = MaskEnhancedAdapter(channels, num_heads=cfg.mea_heads, grid=grid)
-    return MSam(sam, lora_rank=cfg.lora_rank, adapter=adapter)
+    return MSam(sam, lora_rank=cfg.lora_rank, adapter=adapter, click_radius=cfg.click_radius)
 
 
 class MSAM(nn.Module):

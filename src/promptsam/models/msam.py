@@ -12,6 +12,7 @@ import os
 import torch
 from torch import nn
 
+from promptsam.inference.clicks import paint_clicks
 from promptsam.models.adapters import add_lora
 from promptsam.models.mea import MaskEnhancedAdapter
 from promptsam.models.sam3d.build import build_sam3d
@@ -29,17 +30,19 @@ class MSam(nn.Module):
     train, as in the official optimiser.
     """
 
-    def __init__(self, sam: Sam3D, *, lora_rank: int = 4, adapter: MaskEnhancedAdapter | None = None) -> None:
+    def __init__(self, sam: Sam3D, *, lora_rank: int = 4, adapter: MaskEnhancedAdapter | None = None,
+                 click_radius: float = 0.0) -> None:
         super().__init__()
         self.sam = sam
+        self.click_radius = click_radius  # [A] > 0: clicks are also painted into the mask prompt (clicks.paint_clicks)
         if lora_rank > 0:  # 0: no adapters (a from-scratch encoder trains whole)
             add_lora(sam.image_encoder, rank=lora_rank, targets=("qkv",))
         self.mea = adapter if adapter is not None else MaskEnhancedAdapter()
 
     @property
     def low_res_size(self) -> int:
-        """Side of the low-resolution logits cube (volume_size / 4)."""
-        return self.sam.volume_size // 4
+        """Side of the low-resolution logits cube: 4x the embedding grid (volume_size / 4 with 16³ patches)."""
+        return 4 * self.sam.prompt_encoder.image_embedding_size[0]
 
     def embed(self, volumes: torch.Tensor) -> torch.Tensor:
         """E_I (B, 384, 8, 8, 8) of z-normalised (B, 1, 128, 128, 128) volumes, through the LoRA-tuned encoder."""
@@ -56,11 +59,15 @@ class MSam(nn.Module):
 
         `click_coords` (B, P, 3) voxel indices (d0, d1, d2), `click_labels` (B, P) 1 positive / 0 negative (M-SAM feeds
         only the newest click, P = 1); `previous_low_res_logits` (B, 1, 32, 32, 32), None meaning zeros as in the
-        official first round (a zero mask prompt, not the no-mask embedding).
+        official first round (a zero mask prompt, not the no-mask embedding). With `click_radius` > 0 ([A], not in
+        M-SAM) the click is also painted into that mask prompt.
         """
         if previous_low_res_logits is None:
             size = self.low_res_size
             previous_low_res_logits = image_embeddings.new_zeros(click_coords.shape[0], 1, size, size, size)
+        if self.click_radius > 0:
+            previous_low_res_logits = paint_clicks(previous_low_res_logits, click_coords, click_labels,
+                                                   volume_size=self.sam.volume_size, radius=self.click_radius)
         return self.sam.decode(
             image_embeddings,
             points=(click_coords, click_labels),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -41,7 +42,7 @@ print(json.dumps(seconds))
 def run(src: str, args: argparse.Namespace) -> list[float]:
     """Seconds per image of one fresh process importing promptsam from `src`."""
     code = CHILD.format(src=src, threads=args.threads, model=args.model, data=str(args.data / "monuseg"))
-    env = {"OMP_NUM_THREADS": str(args.threads), "PATH": "/usr/bin:/bin"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -95,20 +95,20 @@ def segment_points(
         members = [np.flatnonzero(owner == t) for t in group]
         ids_all = np.concatenate(members)
         window_of = np.repeat(np.arange(len(group)), [len(m) for m in members])
-        shift_all = corners[group][window_of][:, ::-1].astype(np.float32)  # (x0, y0) of each prompt's window
+        origin = corners[group][window_of]  # (y0, x0) of each prompt's window
+        shift = origin[:, ::-1].astype(np.float32)  # as (x0, y0)
         for variant in variants:
             for c in range(0, len(ids_all), chunk_size):
                 part = slice(c, c + chunk_size)
                 ids, windows = ids_all[part], window_of[part]
-                pts = torch.from_numpy(coords[ids] - shift_all[part][:, None]).to(device)
+                pts = torch.from_numpy(coords[ids] - shift[part][:, None]).to(device)
                 lbl = torch.from_numpy(variant[ids]).to(device)
                 window = torch.from_numpy(windows).to(device)
                 with autocast(device, autocast_dtype):
                     low, iou = sam.decode(embeddings, points=(pts, lbl), image_index=window, image_details=details)
                 masks = F.interpolate(low.float(), (size, size), mode="bilinear", align_corners=False)[:, 0] > 0
                 masks = masks.cpu().numpy()
-                for m, s, i, wi in zip(masks, iou[:, 0].float().cpu().numpy(), ids, windows, strict=True):
-                    y0, x0 = corners[group[wi]]
+                for m, s, i, (y0, x0) in zip(masks, iou[:, 0].float().cpu().numpy(), ids, origin[part], strict=True):
                     m = m[: max(0, h - y0), : max(0, w - x0)]  # drop the zero padding beyond the image
                     cropped = _crop_to_box(m)
                     if cropped is None:

@@ -14,7 +14,13 @@ from promptsam.data.targets import nucleus_points
 from promptsam.inference.points import decode_points, point_nms
 from promptsam.losses.focal import binary_focal_loss
 from promptsam.losses.prompter import hungarian_match, prompter_loss
-from promptsam.models.prompter import PointPrompter, anchor_grid, pad_to_multiple, sample_features
+from promptsam.models.prompter import (
+    FusedConvNeXtBlock,
+    PointPrompter,
+    anchor_grid,
+    pad_to_multiple,
+    sample_features,
+)
 
 
 @pytest.mark.parametrize("backbone", ["convnext_atto", "resnet18"])
@@ -30,6 +36,31 @@ def test_prompter_shapes(backbone: str, size: tuple[int, int]) -> None:
     assert out["logits"].shape == (2, m, 4)
     assert out["mask_logits"].shape == (2, 1, h, w)
     assert torch.isfinite(out["coords"]).all()
+
+
+def test_fused_convnext_blocks_compute_timm_blocks() -> None:
+    """The prompter's ConvNeXt blocks take the fused inference path (fc1 + GELU in one kernel, layer scale folded
+    into fc2) and compute what timm's forward computes; the folded weights follow in-place parameter changes."""
+    from timm.models.convnext import ConvNeXtBlock
+
+    torch.manual_seed(0)
+    model = PointPrompter(backbone="convnext_atto", fpn_channels=16).eval()
+    blocks = [m for m in model.backbone.modules() if isinstance(m, ConvNeXtBlock)]
+    assert blocks and all(type(b) is FusedConvNeXtBlock for b in blocks)
+    block = blocks[0]
+    with torch.no_grad():
+        block.gamma.uniform_(0.5, 1.5)  # a non-trivial layer scale, so the folding matters
+    x = torch.randn(2, block.conv_dw.in_channels, 24, 24)
+    with torch.no_grad():
+        fused = block(x)
+        reference = ConvNeXtBlock.forward(block, x)
+        assert torch.allclose(fused, reference, atol=1e-4, rtol=1e-4)
+        block.gamma.mul_(2.0)  # in place: the cached folded weights must be rebuilt
+        assert torch.allclose(block(x), ConvNeXtBlock.forward(block, x), atol=1e-4, rtol=1e-4)
+        assert not torch.allclose(block(x), fused, atol=1e-2)
+    y = block(x.requires_grad_())  # with autograd: timm's forward, gradients flow
+    y.sum().backward()
+    assert x.grad is not None and block.mlp.fc1.weight.grad is not None
 
 
 def test_prompter_rejects_unpadded_input_and_pad_helper() -> None:

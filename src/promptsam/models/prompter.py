@@ -13,10 +13,13 @@ import os
 import timm
 import torch
 import torch.nn.functional as F
+from timm.layers.activations import GELU as TimmGELU
+from timm.models.convnext import ConvNeXtBlock
 from torch import nn
 
 from promptsam.errors import CheckpointError
 from promptsam.models.checkpoint import check_state_dict, read_state_dict
+from promptsam.models.sam.common import DerivedCache, autocast_cast, fusable
 
 __all__ = ["FPN", "PointPrompter", "anchor_grid", "pad_to_multiple", "sample_features"]
 
@@ -100,12 +103,57 @@ def _stride_indices(reductions: list[int], name: str) -> list[int]:
     return [found[s] for s in STRIDES]
 
 
+class FusedConvNeXtBlock(ConvNeXtBlock):
+    """timm's ConvNeXt block (conv MLP variant, same keys) whose inference without autograd runs the MLP's first 1x1
+    conv and its GELU as one oneDNN kernel and the layer scale folded into the second conv (exact up to rounding;
+    ~13 % of the prompter's time on a 1000x1000 image); with autograd it runs timm's forward."""
+
+    folded_cache: DerivedCache
+
+    @staticmethod
+    def eligible(block: nn.Module) -> bool:
+        """Whether `block` is a conv-MLP ConvNeXt block this fast path computes exactly."""
+        mlp = getattr(block, "mlp", None)
+        return (
+            type(block) is ConvNeXtBlock and getattr(block, "use_conv_mlp", False)
+            and isinstance(getattr(mlp, "fc1", None), nn.Conv2d) and isinstance(getattr(mlp, "fc2", None), nn.Conv2d)
+            and isinstance(getattr(mlp, "act", None), (nn.GELU, TimmGELU))
+            and getattr(mlp.act, "approximate", "none") == "none"
+            and isinstance(getattr(mlp, "norm", nn.Identity()), nn.Identity) and isinstance(block.shortcut, nn.Identity)
+        )
+
+    def folded_fc2(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weight and bias of the MLP's second conv times the layer scale."""
+        fc2, gamma = self.mlp.fc2, self.gamma
+        if gamma is None:
+            return fc2.weight, fc2.bias
+        return fc2.weight * gamma[:, None, None, None], fc2.bias * gamma
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training or not fusable(x):
+            return super().forward(x)
+        fc1, fc2 = self.mlp.fc1, self.mlp.fc2
+        params = (fc2.weight, fc2.bias) + (() if self.gamma is None else (self.gamma,))
+        weight2, bias2 = self.folded_cache.get(params, "fc2", self.folded_fc2)
+        y, weight1, bias1, weight2, bias2 = autocast_cast(self.norm(self.conv_dw(x)), fc1.weight, fc1.bias,
+                                                          weight2, bias2)
+        hidden = torch.ops.mkldnn._convolution_pointwise(
+            y, weight1, bias1, fc1.padding, fc1.stride, fc1.dilation, fc1.groups, "gelu", [], "none")
+        # the residual stream keeps its dtype, as in timm's forward
+        return F.conv2d(hidden, weight2, bias2, fc2.stride, fc2.padding, fc2.dilation, fc2.groups) + x
+
+
 def _build_backbone(name: str) -> nn.Module:
-    """timm features_only model returning exactly the stride-4/8/16/32 stages (no download: pretrained=False)."""
+    """timm features_only model returning exactly the stride-4/8/16/32 stages (no download: pretrained=False);
+    ConvNeXt blocks take the fused inference path (`FusedConvNeXtBlock`)."""
     model = timm.create_model(name, pretrained=False, features_only=True)
     wanted = _stride_indices(model.feature_info.reduction(), name)
     if list(model.feature_info.out_indices) != wanted:
         model = timm.create_model(name, pretrained=False, features_only=True, out_indices=tuple(wanted))
+    for block in model.modules():
+        if FusedConvNeXtBlock.eligible(block):
+            block.__class__ = FusedConvNeXtBlock
+            block.folded_cache = DerivedCache()
     return model
 
 
@@ -208,14 +256,15 @@ class PointPrompter(nn.Module):
         pyramid = self.neck(feats)
         anchors = anchor_grid(h, w, self.anchor_spacing, device=images.device).expand(b, -1, -1, -1)
         # DPP: offset each anchor from the P2 feature under it
-        roi = sample_features(pyramid[0], anchors, STRIDES[0], official=self.official_quirks)
+        p2 = pyramid[0].float()  # sampled twice (DPP, MSD), in float32: cast once
+        roi = sample_features(p2, anchors, STRIDES[0], official=self.official_quirks)
         roi = roi.to(pyramid[0].dtype).permute(0, 2, 3, 1)
         proposals = anchors + self.deform_layer(roi).float()
         # MSD: sample every level at the deformed proposals, fuse, regress and classify
         roi = torch.cat(
             [
-                sample_features(p, proposals, s, official=self.official_quirks).to(p.dtype)
-                for p, s in zip(pyramid, STRIDES, strict=False)
+                sample_features(p2 if i == 0 else p, proposals, s, official=self.official_quirks).to(p.dtype)
+                for i, (p, s) in enumerate(zip(pyramid, STRIDES, strict=False))
             ],
             dim=1,
         )

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import torch
 from torch import nn
+
+T = TypeVar("T")
 
 
 class LayerNorm2d(nn.Module):
@@ -59,3 +64,31 @@ def fusable(x: torch.Tensor) -> bool:
     """Whether oneDNN's fused kernels may replace plain ops for `x`: on CPU, with no autograd graph recorded, outside
     `torch.compile` (which fuses by itself)."""
     return _ONEDNN and x.device.type == "cpu" and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+
+
+def autocast_cast(*tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
+    """Tensors in the CPU autocast dtype when autocast is on (as F.conv2d and F.linear would cast them)."""
+    if not torch.is_autocast_enabled("cpu"):
+        return list(tensors)
+    dtype = torch.get_autocast_dtype("cpu")
+    return [None if t is None else t.to(dtype) for t in tensors]
+
+
+class DerivedCache:
+    """Tensors derived from parameters, kept between calls while no autograd graph is recorded and rebuilt as soon
+    as a parameter is modified in place (version counter) or replaced (storage)."""
+
+    def __init__(self) -> None:
+        self.store: dict[object, object] = {}
+        self.stamp: tuple = ()
+
+    def get(self, params: tuple[torch.Tensor, ...], key: object, build: Callable[[], T]) -> T:
+        """`build()`, cached under `key` for the current state of `params` (not cached when grad is recorded)."""
+        if torch.is_grad_enabled() or any(p.is_inference() for p in params):
+            return build()
+        stamp = tuple((p._version, p.data_ptr(), p.device) for p in params)
+        if stamp != self.stamp:
+            self.store, self.stamp = {}, stamp
+        if key not in self.store:
+            self.store[key] = build()
+        return self.store[key]  # type: ignore[return-value]

@@ -25,29 +25,17 @@ up to fp32 rounding (tests/test_tiny_vit.py, tests/test_tiny_vit_speed_paths.py)
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from promptsam.models.sam.common import fusable, sam_neck
+from promptsam.models.sam.common import DerivedCache, autocast_cast, fusable, sam_neck
 from promptsam.models.sam.image_encoder import spans
-
-T = TypeVar("T")
 
 # Hidden activation band of an MBConv computed at once in inference (bytes, but at least 8 rows, so that the halo
 # rows computed twice stay <= 25%); see MBConv.forward.
 TILE_BYTES = 2**20
-
-
-def autocast_cast(*tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
-    """Tensors in the CPU autocast dtype when autocast is on (as F.conv2d and F.linear would cast them)."""
-    if not torch.is_autocast_enabled("cpu"):
-        return list(tensors)
-    dtype = torch.get_autocast_dtype("cpu")
-    return [None if t is None else t.to(dtype) for t in tensors]
 
 
 def linear(
@@ -63,26 +51,6 @@ def linear(
     y = layer(x)
     y = y if residual is None else residual + y
     return F.gelu(y) if gelu else y
-
-
-class DerivedCache:
-    """Tensors derived from parameters, kept between calls while no autograd graph is recorded and rebuilt as soon
-    as a parameter is modified in place (version counter) or replaced (storage)."""
-
-    def __init__(self) -> None:
-        self.store: dict[object, object] = {}
-        self.stamp: tuple = ()
-
-    def get(self, params: tuple[torch.Tensor, ...], key: object, build: Callable[[], T]) -> T:
-        """`build()`, cached under `key` for the current state of `params` (not cached when grad is recorded)."""
-        if torch.is_grad_enabled() or any(p.is_inference() for p in params):
-            return build()
-        stamp = tuple((p._version, p.data_ptr(), p.device) for p in params)
-        if stamp != self.stamp:
-            self.store, self.stamp = {}, stamp
-        if key not in self.store:
-            self.store[key] = build()
-        return self.store[key]  # type: ignore[return-value]
 
 
 class ConvBN(nn.Module):

@@ -257,6 +257,48 @@ def test_segment_cli_writes_five_valid_outputs(trained, crops, tmp_path, shared_
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
 
 
+def test_typed_model_writes_class_map_and_classified_geojson(trained, crops, tmp_path):
+    """A model with nucleus types writes <stem>.classes.tif (one class per nucleus, background 0), QuPath
+    classifications by name and a class column; the trained fixture's nucleus class is split into three types
+    (perturbed copies of its logit row, so the anchors' argmax types differ while nucleus vs background is kept)."""
+    import copy
+    from dataclasses import replace
+
+    from torch import nn
+
+    model, *_ = trained
+    typed = copy.deepcopy(model)
+    names = ("tumour", "lymphocyte", "stroma")
+    typed.config = replace(typed.config, class_names=names, prompter=replace(typed.config.prompter, num_classes=3))
+    head = typed.prompter.cls_head[3]  # Linear(c, 2): nucleus, background
+    split = nn.Linear(head.in_features, 4)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        noise = torch.randn(3, head.in_features, generator=generator) * head.weight[0].abs().mean()
+        split.weight.copy_(torch.cat([head.weight[:1] + noise, head.weight[1:]]))
+        split.bias.copy_(torch.cat([head.bias[:1].expand(3), head.bias[1:]]))
+    typed.prompter.cls_head[3] = split
+    typed.prompter.num_classes = 3
+    model_file = typed.save(tmp_path / "typed.pt")
+    from PIL import Image
+
+    Image.fromarray(crops[0]["image"]).save(tmp_path / "crop.png")
+    out = tmp_path / "out"
+    assert main(["segment", str(tmp_path / "crop.png"), "-o", str(out), "--model", str(model_file)]) == 0
+    labels, classes = read_labels(out / "crop.labels.tif"), read_labels(out / "crop.classes.tif")
+    assert labels.max() > 0 and classes.shape == labels.shape
+    assert np.array_equal(classes > 0, labels > 0)
+    per_nucleus = {int(i): np.unique(classes[labels == i]) for i in np.unique(labels[labels > 0])}
+    assert all(len(c) == 1 and 1 <= c[0] <= 3 for c in per_nucleus.values())
+    assert len({int(c[0]) for c in per_nucleus.values()}) >= 2  # the types really differ between nuclei
+    features = json.loads((out / "crop.geojson").read_text())["features"]
+    for f in features:
+        label = f["properties"]["measurements"]["Label"]
+        assert f["properties"]["classification"]["name"] == names[int(per_nucleus[label][0]) - 1]
+    header, *rows = (out / "crop.csv").read_text().splitlines()
+    assert "class" in header.split(",") and len(rows) == labels.max()
+
+
 @pytest.mark.parametrize("case", ["unreadable", "rgba", "tiny", "empty"])
 def test_segment_cli_bad_inputs_one_line_no_outputs(case, trained, tmp_path, capsys):
     from PIL import Image

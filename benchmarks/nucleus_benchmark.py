@@ -53,6 +53,7 @@ def main() -> None:
     parser.add_argument("--model", required=True, help="promptsam model file or shipped name")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data", type=Path, default=default_data_root())
+    parser.add_argument("--fast", action="store_true", help="segment with fast=True (results: nucleus_benchmark_fast)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -62,14 +63,14 @@ def main() -> None:
     floor = json.loads((HERE / "results" / "classical_floor.json").read_text())["datasets"]
     peer_file = HERE / "results" / "cellpose_peer.json"
     peer = json.loads(peer_file.read_text()) if peer_file.is_file() else None
-    rows, results = [], {"model": str(args.model), "datasets": {}}
+    rows, results = [], {"model": str(args.model), "fast": args.fast, "datasets": {}}
     for dataset in DATASETS:
         val = set(split_names(dataset, root=args.data)["val"])
         samples = [s for s in list_samples(args.data / dataset, "train") if s.name in val]
         gt_dir = args.data / dataset / "train" / "labels"
         entry = {}
         for method, segment in (
-            ("promptsam", lambda im: model.segment(im).labels),
+            ("promptsam", lambda im: model.segment(im, fast=args.fast).labels),
             ("classical floor", lambda im, p=floor[dataset]["params"]: watershed_nuclei(im, **p)),
         ):
             with tempfile.TemporaryDirectory() as tmp:
@@ -91,7 +92,7 @@ def main() -> None:
     print_table(rows, ["dataset", "method", "pq", "aji", "dice", "s/image"])
     print(f"\npromptsam: {monuseg:.2f} s per 1000x1000 MoNuSeg image, peak RSS {results['peak_rss_gb']:.2f} GB "
           f"({args.threads} threads)")
-    write_results("nucleus_benchmark", results)
+    write_results("nucleus_benchmark_fast" if args.fast else "nucleus_benchmark", results)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from promptsam.methods.promptnucseg import (
     SegmentorTask,
     collate_prompter,
     load_config,
+    normalize_images,
 )
 from promptsam.metrics import score_instances
 
@@ -258,13 +259,18 @@ def test_segment_cli_writes_five_valid_outputs(trained, crops, tmp_path, shared_
 
 
 def test_typed_model_writes_class_map_and_classified_geojson(trained, crops, tmp_path):
-    """A model with nucleus types writes <stem>.classes.tif (one class per nucleus, background 0), QuPath
-    classifications by name and a class column; the trained fixture's nucleus class is split into three types
-    (perturbed copies of its logit row, so the anchors' argmax types differ while nucleus vs background is kept)."""
+    """A model with nucleus types: its prompter gives each point a type, and the outputs carry them:
+    <stem>.classes.tif (one class per nucleus, background 0), QuPath classifications by name, a class column. The
+    trained fixture's nucleus class is split into three types (perturbed copies of its logit row, so nucleus vs
+    background is kept); the files are checked on masks drawn from the
+    ground-truth points with known types, so the check does not hang on the tiny prompter's recall."""
     import copy
     from dataclasses import replace
 
     from torch import nn
+
+    from promptsam.cli.segment import write_outputs
+    from promptsam.data.targets import nucleus_points
 
     model, *_ = trained
     typed = copy.deepcopy(model)
@@ -279,24 +285,39 @@ def test_typed_model_writes_class_map_and_classified_geojson(trained, crops, tmp
         split.bias.copy_(torch.cat([head.bias[:1].expand(3), head.bias[1:]]))
     typed.prompter.cls_head[3] = split
     typed.prompter.num_classes = 3
-    model_file = typed.save(tmp_path / "typed.pt")
-    from PIL import Image
+    image, label = crops[1]["image"], crops[1]["label"]
+    found = typed.find_prompts(image, fast=True)
+    assert set(found["classes"].tolist()) <= {1, 2, 3}
+    with torch.no_grad():  # the typed head scores three nucleus types and the background at every anchor
+        logits = typed.prompter(normalize_images(torch.from_numpy(image[None]).permute(0, 3, 1, 2).float()))["logits"]
+    assert logits.shape[-1] == 4
 
-    Image.fromarray(crops[0]["image"]).save(tmp_path / "crop.png")
+    points, _ = nucleus_points(label)
+    types = np.arange(len(points)) % 3 + 1
+    result = typed.segment(image, points=points, point_classes=types)
     out = tmp_path / "out"
-    assert main(["segment", str(tmp_path / "crop.png"), "-o", str(out), "--model", str(model_file)]) == 0
+    write_outputs(out, "crop", image, result)
     labels, classes = read_labels(out / "crop.labels.tif"), read_labels(out / "crop.classes.tif")
-    assert labels.max() > 0 and classes.shape == labels.shape
+    assert labels.max() >= 3 and classes.shape == labels.shape
     assert np.array_equal(classes > 0, labels > 0)
     per_nucleus = {int(i): np.unique(classes[labels == i]) for i in np.unique(labels[labels > 0])}
     assert all(len(c) == 1 and 1 <= c[0] <= 3 for c in per_nucleus.values())
     assert len({int(c[0]) for c in per_nucleus.values()}) >= 2  # the types really differ between nuclei
     features = json.loads((out / "crop.geojson").read_text())["features"]
     for f in features:
-        label = f["properties"]["measurements"]["Label"]
-        assert f["properties"]["classification"]["name"] == names[int(per_nucleus[label][0]) - 1]
+        label_id = f["properties"]["measurements"]["Label"]
+        assert f["properties"]["classification"]["name"] == names[int(per_nucleus[label_id][0]) - 1]
     header, *rows = (out / "crop.csv").read_text().splitlines()
     assert "class" in header.split(",") and len(rows) == labels.max()
+
+    # the CLI writes the class map of a typed model (here with --fast: one prompter view)
+    from PIL import Image
+
+    Image.fromarray(image).save(tmp_path / "crop.png")
+    cli_out = tmp_path / "cli"
+    model_file = typed.save(tmp_path / "typed.pt")
+    assert main(["segment", str(tmp_path / "crop.png"), "-o", str(cli_out), "--model", str(model_file), "--fast"]) == 0
+    assert read_labels(cli_out / "crop.classes.tif").shape == labels.shape
 
 
 @pytest.mark.parametrize("case", ["unreadable", "rgba", "tiny", "empty"])
@@ -436,8 +457,11 @@ def test_test_time_flips_make_prompts_mirror_with_the_image(trained, crops):
     try:
         found = model.find_prompts(image)
         mirrored = model.find_prompts(np.ascontiguousarray(image[:, ::-1]))
+        fast = model.find_prompts(image, fast=True)  # one view, despite the model's flips setting
     finally:
         model.config = replace(model.config, prompter=prompter)
+    single = model.find_prompts(image)  # the model without flips
+    assert np.array_equal(fast["points"], single["points"]) and np.array_equal(fast["scores"], single["scores"])
     assert len(found["points"]) > 0
     back = mirrored["points"].copy()
     back[:, 0] = image.shape[1] - 1 - back[:, 0]

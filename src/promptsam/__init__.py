@@ -21,12 +21,14 @@ def load_model(name_or_path: str = "default", *, device: str = "auto") -> Any:
     return _load(name_or_path, device=device)
 
 
-def segment(image: np.ndarray, model: str = "default", *, device: str = "auto") -> NucleusSegmentation:
-    """Every nucleus of a 2D image: `.labels`, `.classes`, `.points`, `.scores` (models are cached by name)."""
+def segment(image: np.ndarray, model: str = "default", *, device: str = "auto", fast: bool = False
+            ) -> NucleusSegmentation:
+    """Every nucleus of a 2D image: `.labels`, `.classes`, `.points`, `.scores` (models are cached by name);
+    `fast` trades a little accuracy for speed (see `PromptNucSeg.segment`)."""
     key = (str(model), str(device))
     if key not in _MODELS:
         _MODELS[key] = load_model(model, device=device)
-    return _MODELS[key].segment(image)
+    return _MODELS[key].segment(image, fast=fast)
 
 
 __all__ = ["__version__", "load_model", "segment"]

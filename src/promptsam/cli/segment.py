@@ -24,6 +24,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", default="default", help="shipped model name or model file (default: default)")
     parser.add_argument("--device", default="auto", help="auto (GPU if available), cpu, cuda, mps")
     parser.add_argument("--precision", default=None, help="fp32, bf16 or auto (default: the model's setting)")
+    parser.add_argument("--fast", action="store_true",
+                        help="2D: one prompter pass instead of four flipped ones (~1.3x faster, slightly fewer nuclei "
+                             "found on H&E)")
     parser.add_argument("--no-geojson", action="store_true", help="skip the QuPath GeoJSON")
     parser.add_argument("--no-overlay", action="store_true", help="skip the overlay PNG")
     parser.add_argument("--clicks", default=None,
@@ -126,7 +129,7 @@ def _segment_image(model, path: Path, out: Path, args: argparse.Namespace) -> st
     from promptsam.io.images import read_image
 
     image = read_image(path)
-    result = model.segment(image)
+    result = model.segment(image, fast=args.fast)
     write_outputs(out, stem(path), image, result, geojson=not args.no_geojson, overlay=not args.no_overlay)
     return f"{int(result.labels.max())} nuclei"
 

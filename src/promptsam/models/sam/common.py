@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -93,27 +92,3 @@ class DerivedCache:
         if key not in self.store:
             self.store[key] = build()
         return self.store[key]  # type: ignore[return-value]
-
-
-_CASTS: dict[int, tuple] = {}  # id(weight) -> (weakref to it, stamp, cast); an entry leaves with its weight
-
-
-def autocast_weights(*weights: torch.Tensor | None) -> list[torch.Tensor | None]:
-    """Weights in the CPU autocast dtype when autocast is on, like `autocast_cast`, but each cast is kept with its
-    weight while no autograd graph is recorded (rebuilt when the weight changes), as autocast's own weight cache
-    does only for leaf tensors that require grad."""
-    if not torch.is_autocast_enabled("cpu"):
-        return list(weights)
-    dtype = torch.get_autocast_dtype("cpu")
-    out: list[torch.Tensor | None] = []
-    for w in weights:
-        if w is None or w.dtype == dtype or torch.is_grad_enabled() or w.is_inference():
-            out.append(None if w is None else w.to(dtype))
-            continue
-        key, stamp = id(w), (w._version, w.data_ptr(), dtype)
-        hit = _CASTS.get(key)
-        if hit is None or hit[0]() is not w or hit[1] != stamp:
-            hit = (weakref.ref(w, lambda _, key=key: _CASTS.pop(key, None)), stamp, w.to(dtype))
-            _CASTS[key] = hit
-        out.append(hit[2])
-    return out

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from promptsam.models.sam.common import DerivedCache, autocast_cast, autocast_weights, fusable, sam_neck
+from promptsam.models.sam.common import DerivedCache, autocast_cast, fusable, sam_neck
 from promptsam.models.sam.image_encoder import spans
 
 # Hidden activation band of an MBConv computed at once in inference (bytes, but at least 8 rows, so that the halo
@@ -43,7 +43,7 @@ def linear(
 ) -> torch.Tensor:
     """GELU(layer(x)) if `gelu`, residual + layer(x) if `residual` is given (one oneDNN kernel when fusable)."""
     if fusable(x):
-        (x, res), (weight, bias) = autocast_cast(x, residual), autocast_weights(layer.weight, layer.bias)
+        x, weight, bias, res = autocast_cast(x, layer.weight, layer.bias, residual)
         if res is None:
             return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu" if gelu else "none", [], "none")
         if not gelu and res.dtype == x.dtype:
@@ -84,7 +84,7 @@ class ConvBN(nn.Module):
             params = (c.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
             weight, bias = self.folded_cache.get(params, "folded", self.folded)
             if fusable(x):
-                (x, residual), (weight, bias) = autocast_cast(x, residual), autocast_weights(weight, bias)
+                x, weight, bias, residual = autocast_cast(x, weight, bias, residual)
                 args = (weight, bias, c.padding, c.stride, c.dilation, c.groups)
                 if residual is None:
                     return torch.ops.mkldnn._convolution_pointwise(x, *args, "gelu" if gelu else "none", [], "none")
@@ -229,7 +229,7 @@ class Attention(nn.Module):
         size = real[0] * real[1]
         heads = self.num_heads
         # qkv columns are laid out per head as (q, k, v) blocks of head_dim each.
-        qkv = linear(self.norm(tokens), self.qkv).view(n, -1, heads, 3 * (c // heads)).transpose(1, 2)
+        qkv = self.qkv(self.norm(tokens)).view(n, -1, heads, 3 * (c // heads)).transpose(1, 2)
         q, k, v = qkv.chunk(3, dim=-1)
         # A 4-D mask without grad lets CPU SDPA use its fused (flash) kernel instead of the math fallback.
         x = F.scaled_dot_product_attention(q[:, :, :size], k, v, attn_mask=self.mask(real, q.dtype))

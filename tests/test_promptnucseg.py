@@ -151,7 +151,17 @@ def train_steps(task, batches, steps: int) -> list[float]:
 
 @pytest.fixture(scope="module")
 def trained(crops):
-    """A PromptNucSeg trained from scratch on the two crops: segmentor 120 steps, prompter 20 steps."""
+    """A PromptNucSeg trained from scratch on the two crops: segmentor 120 steps, prompter 20 steps, on one thread
+    (with two, runs in separate processes diverged: validation Dice 0.39-0.62 after the same seeded steps)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train_tiny(crops)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_tiny(crops):
     torch.manual_seed(0)
     config = tiny_config()
     model = PromptNucSeg(config)
@@ -453,19 +463,23 @@ def test_test_time_flips_make_prompts_mirror_with_the_image(trained, crops):
     image = crops[0]["image"]
     assert image.shape[0] % 32 == 0 and image.shape[1] % 32 == 0  # no padding: the four views are the same set
     prompter = model.config.prompter
-    model.config = replace(model.config, prompter=replace(prompter, test_time_flips=True))
+    # without the mask filter: the filter reads the unflipped view's nucleus mask, which is not the mirror image of
+    # the mirrored image's (the network is not flip-equivariant), so points at its edge may differ
+    model.config = replace(model.config, prompter=replace(prompter, test_time_flips=True, mask_filter=False))
     try:
         found = model.find_prompts(image)
         mirrored = model.find_prompts(np.ascontiguousarray(image[:, ::-1]))
         fast = model.find_prompts(image, fast=True)  # one view, despite the model's flips setting
+        model.config = replace(model.config, prompter=replace(prompter, test_time_flips=False, mask_filter=False))
+        single = model.find_prompts(image)  # the same model without flips
     finally:
         model.config = replace(model.config, prompter=prompter)
-    single = model.find_prompts(image)  # the model without flips
     assert np.array_equal(fast["points"], single["points"]) and np.array_equal(fast["scores"], single["scores"])
     assert len(found["points"]) > 0
     back = mirrored["points"].copy()
     back[:, 0] = image.shape[1] - 1 - back[:, 0]
-    order = lambda p: p[np.lexsort((p[:, 1], p[:, 0]))]  # noqa: E731
-    assert np.allclose(order(found["points"]), order(back), atol=1e-3)
+    # the four views of the mirrored image are the image's four views: every point has its mirror image
+    assert len(found["points"]) == len(back)
+    assert np.linalg.norm(found["points"][:, None] - back[None], axis=-1).min(1).max() < 1e-3
     # the nucleus mask is the unflipped view's (one mask-head pass for the four views)
     assert np.array_equal(found["foreground"], model.find_prompts(image)["foreground"])

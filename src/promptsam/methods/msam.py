@@ -35,6 +35,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from promptsam.config import from_dict, load_preset, to_dict
+from promptsam.data.lesion_augment import lesion_region_transforms
 from promptsam.data.volumes import (
     crop_or_pad,
     normalize_intensity,
@@ -90,6 +91,12 @@ class VolumeConfig:
     size: int = 128
     min_foreground: int = 1000  # training crops with fewer lesion voxels are re-drawn (M-SAM: 1000)
     jitter: int = 0  # [A] random shift (voxels) of the GT-centred training crop; 0 = the official centring
+    # [A] training regions: "roi" centres them on the whole mask's bounding box (official); "lesion" on a uniformly
+    # drawn lesion (26-connected component), so that one volume gives regions around each of its lesions
+    crop_centre: str = "roi"
+    permute_axes: bool = False  # [A] random axis order of training regions (the 1.5 mm grid is isotropic)
+    intensity_augment: bool = False  # [A] intensity scale / shift / noise on training regions
+    synthetic_lesions: int = 0  # [A] up to this many bright synthetic lesions painted into each training region
 
 
 @dataclass(frozen=True)
@@ -396,11 +403,22 @@ def _flipped_pair(image: np.ndarray, label: np.ndarray, rng: np.random.Generator
 
 
 class RegionCrops(Dataset):
-    """Random 128³ training regions centred on each case's lesions (the official crop), with flips."""
+    """Random 128³ training regions centred on each case's lesions (the official crop), with flips.
+
+    [A] options of `VolumeConfig`: centred on one lesion instead of all of them, axis permutations, intensity jitter
+    and synthetic lesions (`data.lesion_augment`); with none of them set, exactly the official crop and flips.
+    """
 
     def __init__(self, cases: list[LesionCase], cfg: VolumeConfig, *, length: int, seed: int) -> None:
+        if cfg.crop_centre not in ("roi", "lesion"):
+            raise ValueError(f"volume.crop_centre must be 'roi' or 'lesion', got {cfg.crop_centre!r}")
         self.cases, self.cfg, self.length = cases, cfg, length
         self.rng = np.random.default_rng(seed)
+        self.augment = None
+        if cfg.permute_axes or cfg.intensity_augment or cfg.synthetic_lesions:
+            self.augment = lesion_region_transforms(permute=cfg.permute_axes, intensity=cfg.intensity_augment,
+                                                    synthetic_lesions=cfg.synthetic_lesions, seed=seed + 1)
+        self.lesion_centres = [_lesion_centres(c.label) for c in cases] if cfg.crop_centre == "lesion" else None
 
     def __len__(self) -> int:
         return self.length
@@ -408,13 +426,28 @@ class RegionCrops(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         for _ in range(20):  # the official loader re-draws samples with too little foreground
-            case = self.cases[self.rng.integers(len(self.cases))]
-            centre = np.array(roi_center(case.label)) + self.rng.integers(-cfg.jitter, cfg.jitter + 1, 3)
+            k = self.rng.integers(len(self.cases))
+            case = self.cases[k]
+            if self.lesion_centres is None:
+                base = np.array(roi_center(case.label))
+            else:
+                base = self.lesion_centres[k][self.rng.integers(len(self.lesion_centres[k]))]
+            centre = base + self.rng.integers(-cfg.jitter, cfg.jitter + 1, 3)
             label = crop_or_pad(case.label, centre, size=cfg.size)[0]
             if label.sum() >= cfg.min_foreground:
                 break
-        image = normalize_intensity(crop_or_pad(case.image, centre, size=cfg.size)[0], modality=cfg.modality)
-        return _flipped_pair(image, label, self.rng)
+        raw = crop_or_pad(case.image, centre, size=cfg.size)[0]
+        image = normalize_intensity(raw, modality=cfg.modality)
+        if self.augment is None:
+            return _flipped_pair(image, label, self.rng)
+        sample = self.augment({"image": image, "label": label, "brain": raw > 0})
+        return {"image": torch.from_numpy(sample["image"])[None], "label": torch.from_numpy(sample["label"])[None]}
+
+
+def _lesion_centres(label: np.ndarray) -> np.ndarray:
+    """Centres (n, 3) of the bounding boxes of a mask's 26-connected components."""
+    components, _ = ndimage.label(label, structure=np.ones((3, 3, 3), bool))
+    return np.array([[(s.start + s.stop - 1) / 2.0 for s in box] for box in ndimage.find_objects(components)])
 
 
 class DetectorPatches(Dataset):

@@ -104,6 +104,21 @@ def test_paint_crops_higher_score_wins_overlap():
     assert (labels == 2).sum() == 12
 
 
+def test_largest_pieces_drops_fragments_and_keeps_ids():
+    from promptsam.inference.merge import largest_pieces
+
+    labels = np.zeros((10, 12), np.uint32)
+    labels[1:5, 1:5] = 3  # body of nucleus 3
+    labels[8, 10] = 3  # a stray pixel of it
+    labels[6:9, 1:4] = 7  # nucleus 7, cut in two pieces by nucleus 5 painted over it
+    labels[7, 1:4] = 5
+    labels[2, 8] = 9  # a one-pixel nucleus stays
+    out = largest_pieces(labels)
+    assert out[8, 10] == 0 and (out == 3).sum() == 16
+    assert (out == 7).sum() == 3 and (out[6, 1:4] == 7).all() and (out == 5).sum() == 3
+    assert out[2, 8] == 9 and (out > 0).sum() == (labels > 0).sum() - 4
+
+
 # ------------------------------------------------------------------------------------------------ a tiny model
 DSB = ["2227fd9b01d67c2bcdb407d3205214e6dfeff9fd0725828e3b3651959942ff4a",
        "245b995878370ef4ea977568b2b67f93d4ecaa9308761b9d3e148e0803780183"]  # train split, fluorescence

@@ -7,8 +7,11 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    import os
+
     import numpy as np
 
+    from promptsam.inference.large_image import SlideSegmentation
     from promptsam.methods.promptnucseg import NucleusSegmentation
 
 _MODELS: dict[tuple[str, str], Any] = {}
@@ -21,14 +24,29 @@ def load_model(name_or_path: str = "default", *, device: str = "auto") -> Any:
     return _load(name_or_path, device=device)
 
 
+def _cached(model: str, device: str) -> Any:
+    key = (str(model), str(device))
+    if key not in _MODELS:
+        _MODELS[key] = load_model(model, device=device)
+    return _MODELS[key]
+
+
 def segment(image: np.ndarray, model: str = "default", *, device: str = "auto", fast: bool = False
             ) -> NucleusSegmentation:
     """Every nucleus of a 2D image: `.labels`, `.classes`, `.points`, `.scores` (models are cached by name);
     `fast` trades a little accuracy for speed (see `PromptNucSeg.segment`)."""
-    key = (str(model), str(device))
-    if key not in _MODELS:
-        _MODELS[key] = load_model(model, device=device)
-    return _MODELS[key].segment(image, fast=fast)
+    return _cached(model, device).segment(image, fast=fast)
 
 
-__all__ = ["__version__", "load_model", "segment"]
+def segment_slide(slide: str | os.PathLike | np.ndarray, model: str = "default", *, device: str = "auto",
+                  block: int = 1024, halo: int = 128, fast: bool = False, tissue: bool = True) -> SlideSegmentation:
+    """Every nucleus of an image too large for one pass (whole-slide image file, big TIFF or array), block by block
+    without seams (`inference.large_image`); blocks without tissue are skipped unless `tissue` is False."""
+    from promptsam.inference.large_image import segment_slide as run
+    from promptsam.io.slides import open_slide
+
+    with open_slide(slide) as source:
+        return run(_cached(model, device), source, block=block, halo=halo, fast=fast, tissue=tissue)
+
+
+__all__ = ["__version__", "load_model", "segment", "segment_slide"]

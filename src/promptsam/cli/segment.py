@@ -12,7 +12,9 @@ from pathlib import Path
 
 from promptsam.errors import PromptSAMError
 
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".svs", ".ndpi", ".mrxs", ".scn", ".bif")
+LARGE_PIXELS = 4096 * 4096  # images above this are segmented in blocks (memory), like whole-slide images
+DEFAULT_BLOCK = 1024
 VOLUME_SUFFIXES = (".nii.gz", ".nii")
 LESION_COLUMNS = ("id", "voxels", "volume_mm3", "centroid_x", "centroid_y", "centroid_z", "mean_probability")
 
@@ -27,6 +29,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--fast", action="store_true",
                         help="2D: one prompter pass instead of four flipped ones (~1.3x faster, slightly fewer nuclei "
                              "found on H&E)")
+    parser.add_argument("--block-size", type=int, default=None,
+                        help="2D: segment in blocks of this many pixels (with a halo, no seams); default: blocks of "
+                             f"{DEFAULT_BLOCK} for slides and images over {LARGE_PIXELS // 10**6} MP, else one pass")
+    parser.add_argument("--halo", type=int, default=None,
+                        help="2D blocks: context pixels read around each block (default 128; > any nucleus radius)")
+    parser.add_argument("--all-blocks", action="store_true",
+                        help="2D blocks: also segment blocks the thumbnail shows no tissue in")
     parser.add_argument("--no-geojson", action="store_true", help="skip the QuPath GeoJSON")
     parser.add_argument("--no-overlay", action="store_true", help="skip the overlay PNG")
     parser.add_argument("--clicks", default=None,
@@ -125,9 +134,95 @@ def _segment_volume(model, path: Path, out: Path, args: argparse.Namespace) -> s
     return f"{int(result.mask.sum())} lesion voxels in {len(result.regions)} region(s), {mode} mode"
 
 
+def _big_tiff(path: Path) -> bool:
+    """Whether a TIFF's first image holds more than LARGE_PIXELS pixels (read from its header only)."""
+    import tifffile
+
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return False
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            sizes = dict(zip(series.axes, series.shape, strict=True))
+    except Exception:  # noqa: BLE001 - read_image reports unreadable files
+        return False
+    return sizes.get("Y", 0) * sizes.get("X", 0) > LARGE_PIXELS
+
+
+def write_slide_outputs(out: Path, name: str, slide, result, labels_path: Path, classes_path: Path | None, *,
+                        geojson: bool = True, overlay: bool = True) -> list[Path]:
+    """Write the per-image files of a block-wise segmentation: tiled BigTIFF label (and class) maps from the
+    memory-mapped ones, GeoJSON and CSV streamed block by block, and an overlay of the thumbnail."""
+    import numpy as np
+    import tifffile
+
+    from promptsam.inference.large_image import block_features, block_measurements
+    from promptsam.io.atomic import atomic_path
+    from promptsam.io.geojson import write_features
+    from promptsam.io.measurements import write_csv
+    from promptsam.io.overlay import write_overlay
+
+    written = []
+    for source, suffix in ((labels_path, "labels"), (classes_path, "classes")):
+        if source is None:
+            continue
+        data = np.load(source, mmap_mode="r")
+        with atomic_path(out / f"{name}.{suffix}.tif") as tmp:
+            tifffile.imwrite(tmp, data, bigtiff=True, tile=(512, 512), compression="zlib")
+        written.append(out / f"{name}.{suffix}.tif")
+    names = {i + 1: n for i, n in enumerate(result.class_names)}
+    if geojson:
+        written.append(write_features(out / f"{name}.geojson", block_features(result, class_names=names)))
+    written.append(write_csv(out / f"{name}.csv", block_measurements(result)))
+    if overlay:
+        thumb, factor = slide.thumbnail()
+        step = max(1, round(factor))
+        small = np.asarray(result.labels[::step, ::step])[: thumb.shape[0], : thumb.shape[1]]
+        write_overlay(out / f"{name}.overlay.png", thumb[: small.shape[0], : small.shape[1]], small)
+        written.append(out / f"{name}.overlay.png")
+    return written
+
+
+def _segment_slide(model, path: Path, slide, out: Path, args: argparse.Namespace) -> str:
+    """Block-wise segmentation of a large image into memory-mapped maps beside the outputs (removed afterwards)."""
+    import tempfile
+
+    import numpy as np
+    from tqdm import tqdm
+
+    from promptsam.inference.large_image import DEFAULT_HALO, segment_slide
+
+    out.mkdir(parents=True, exist_ok=True)
+    h, w = slide.shape
+    typed = model.config.prompter.num_classes > 1
+    with tempfile.TemporaryDirectory(prefix=f".{stem(path)}.", dir=out) as tmp:
+        labels_path = Path(tmp) / "labels.npy"
+        labels = np.lib.format.open_memmap(labels_path, mode="w+", dtype=np.uint32, shape=(h, w))
+        classes_path = Path(tmp) / "classes.npy" if typed else None
+        classes = (np.lib.format.open_memmap(classes_path, mode="w+", dtype=np.uint8, shape=(h, w))
+                   if typed else None)
+        result = segment_slide(
+            model, slide, block=args.block_size or DEFAULT_BLOCK,
+            halo=DEFAULT_HALO if args.halo is None else args.halo, fast=args.fast, tissue=not args.all_blocks,
+            labels=labels, classes=classes,
+            progress=lambda it: tqdm(it, desc=path.name, unit="block", disable=not sys.stderr.isatty()))
+        if classes is not None:
+            classes.flush()
+        write_slide_outputs(out, stem(path), slide, result, labels_path, classes_path,
+                            geojson=not args.no_geojson, overlay=not args.no_overlay)
+        summary = (f"{result.count} nuclei in {len(result.blocks)} blocks of {args.block_size or DEFAULT_BLOCK} px "
+                   f"({result.skipped} without tissue skipped), median magnification {result.scale:.2f}")
+        del labels, classes, result  # release the memory maps before their folder is removed
+    return summary
+
+
 def _segment_image(model, path: Path, out: Path, args: argparse.Namespace) -> str:
     from promptsam.io.images import read_image
+    from promptsam.io.slides import OPENSLIDE_SUFFIXES, open_slide
 
+    if path.name.lower().endswith((".svs", *OPENSLIDE_SUFFIXES)) or args.block_size or _big_tiff(path):
+        with open_slide(path) as slide:
+            return _segment_slide(model, path, slide, out, args)
     image = read_image(path)
     result = model.segment(image, fast=args.fast)
     write_outputs(out, stem(path), image, result, geojson=not args.no_geojson, overlay=not args.no_overlay)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy import ndimage
 from torchvision.ops import nms
 
 
@@ -68,3 +69,20 @@ def shrink_labels(labels: np.ndarray, shape: tuple[int, int], *, min_area: int =
     rows = np.minimum(((np.arange(h) + 0.5) * labels.shape[0] / h).astype(np.int64), labels.shape[0] - 1)
     cols = np.minimum(((np.arange(w) + 0.5) * labels.shape[1] / w).astype(np.int64), labels.shape[1] - 1)
     return keep_large(labels[rows[:, None], cols[None, :]], min_area=min_area)
+
+
+def largest_pieces(labels: np.ndarray) -> np.ndarray:
+    """Each instance reduced to its largest 8-connected piece (ids kept): painting by score and SAM's own stray
+    pixels leave fragments beside many masks (on a MoNuSeg crop 161 of 279 nuclei, ~9 px each)."""
+    out = labels.copy()
+    eight = np.ones((3, 3), bool)
+    for k, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        mask = labels[box] == k
+        pieces, n = ndimage.label(mask, structure=eight)
+        if n > 1:
+            sizes = np.bincount(pieces.ravel())[1:]
+            out[box][(pieces > 0) & (pieces != 1 + int(np.argmax(sizes)))] = 0
+    return out
+

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ __all__ = [
     "PANNUKE_CLASS_NAMES",
     "labels_to_features",
     "read_geojson",
+    "write_features",
     "write_geojson",
 ]
 
@@ -371,8 +372,12 @@ def write_geojson(path: str | os.PathLike, labels: np.ndarray, **options: Any) -
 
     Features are streamed to disk one by one; `options` are those of `labels_to_features`.
     """
+    return write_features(path, _iter_features(labels, **options))
+
+
+def write_features(path: str | os.PathLike, features: Iterable[dict[str, Any]]) -> Path:
+    """Write GeoJSON Features as one FeatureCollection, streamed one by one (compact JSON), atomically."""
     path = Path(path)
-    features = _iter_features(labels, **options)
     with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as fh:
         fh.write('{"type":"FeatureCollection","features":[')
         for i, feature in enumerate(features):

@@ -215,16 +215,21 @@ def measure_instances(
 
 def write_csv(
     path: str | os.PathLike,
-    rows: Sequence[Mapping[str, Any]],
+    rows: Iterable[Mapping[str, Any]],
     *,
     columns: Sequence[str] | None = None,
 ) -> Path:
-    """Write rows as CSV atomically; header = `columns`, else the first row's keys, else MEASUREMENT_COLUMNS."""
+    """Write rows (streamed from any iterable) as CSV atomically; header = `columns`, else the first row's keys,
+    else MEASUREMENT_COLUMNS."""
     path = Path(path)
-    header = list(columns) if columns is not None else list(rows[0].keys()) if rows else list(MEASUREMENT_COLUMNS)
+    rows = iter(rows)
+    first = next(rows, None)
+    header = list(columns) if columns is not None else list(first.keys()) if first else list(MEASUREMENT_COLUMNS)
     with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=header, extrasaction="raise", lineterminator="\n")
         writer.writeheader()
+        if first is not None:
+            writer.writerow(first)
         for row in rows:
             writer.writerow(row)
     return path

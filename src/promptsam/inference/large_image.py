@@ -1,0 +1,225 @@
+"""Nuclei of images too large for one pass (whole-slide images, big mosaics): blocks with a halo, no seams.
+
+    slide -> tissue mask on a thumbnail -> blocks touching tissue
+          -> per block: read core + halo, segment it (SAM's magnification read off the block, as for one image),
+             keep the nuclei whose centroid lies in the core
+          -> write them into one label map under new ids, never over a nucleus an earlier block wrote
+
+Each nucleus belongs to exactly one block (the one holding its centroid) and is drawn from a region that contains
+it whole as long as its radius is below the halo, so nothing is cut or doubled at block borders (the seam errors
+users report from tile-by-tile Cellpose runs). The label map may be a `numpy.memmap`, so only one block's pixels
+are in memory at a time; `block_features` / `block_measurements` then stream GeoJSON and CSV rows block by block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from promptsam.io.slides import Slide
+
+DEFAULT_BLOCK = 1024  # core side, level-0 pixels: ~1.5x the memory of a 1000x1000 image with the default halo
+DEFAULT_HALO = 128  # level-0 pixels around each core: bigger than any nucleus radius at 40x
+
+
+@dataclass(frozen=True)
+class Block:
+    """One block of a large image: its core (owned pixels) and the region read around it, (y0, x0, y1, x1)."""
+
+    core: tuple[int, int, int, int]
+    region: tuple[int, int, int, int]
+
+
+def plan_blocks(shape: tuple[int, int], *, block: int = DEFAULT_BLOCK, halo: int = DEFAULT_HALO) -> list[Block]:
+    """Cores tiling an (H, W) image exactly once, in raster order, each grown by `halo` (clipped to the image)."""
+    if block < 1 or halo < 0:
+        raise ValueError(f"block must be >= 1 and halo >= 0, got {block} and {halo}")
+    h, w = shape
+    blocks = []
+    for y0 in range(0, h, block):
+        for x0 in range(0, w, block):
+            y1, x1 = min(y0 + block, h), min(x0 + block, w)
+            blocks.append(Block((y0, x0, y1, x1), (max(y0 - halo, 0), max(x0 - halo, 0), min(y1 + halo, h),
+                                                   min(x1 + halo, w))))
+    return blocks
+
+
+def tissue_mask(thumbnail: np.ndarray) -> np.ndarray:
+    """Where a thumbnail shows tissue or cells: Otsu on darkness and colour (brightfield) or brightness (dark field).
+
+    Dilated by two thumbnail pixels; an image without contrast is all tissue (nothing is skipped by mistake).
+    """
+    from skimage.filters import threshold_otsu
+
+    from promptsam.inference.classical import detect_modality
+
+    img = np.asarray(thumbnail, np.float64)
+    if np.asarray(thumbnail).dtype != np.uint8:
+        lo, hi = np.percentile(img, (0.1, 99.9))
+        img = np.clip((img - lo) / max(hi - lo, 1e-9), 0, 1) * 255
+    grey = img.mean(axis=-1) if img.ndim == 3 else img
+    if np.ptp(grey) < 8:
+        return np.ones(grey.shape, bool)
+    fluorescence = detect_modality(img.astype(np.uint8)) == "fluorescence"
+    signal = grey if fluorescence else 255.0 - grey
+    if img.ndim == 3 and not fluorescence:
+        signal = np.maximum(signal, img.max(axis=-1) - img.min(axis=-1))  # stained tissue is dark or coloured
+    mask = signal > threshold_otsu(signal)
+    return ndimage.binary_dilation(mask, iterations=2)
+
+
+def tissue_blocks(blocks: list[Block], mask: np.ndarray, factor: float) -> list[Block]:
+    """The blocks whose core touches the tissue mask (a thumbnail `factor` level-0 pixels per pixel)."""
+    keep = []
+    for b in blocks:
+        y0, x0, y1, x1 = (int(v // factor) for v in b.core)
+        if mask[y0 : max(y1, y0 + 1), x0 : max(x1, x0 + 1)].any():
+            keep.append(b)
+    return keep
+
+
+def to_uint8(region: np.ndarray, window: tuple[float, float] | None) -> np.ndarray:
+    """Region as the model's 8-bit input: uint8 as is, anything else through one intensity `window` for all blocks."""
+    if region.dtype == np.uint8 or window is None:
+        return region
+    lo, hi = window
+    return np.round(np.clip((region.astype(np.float32) - lo) / max(hi - lo, 1e-9), 0, 1) * 255).astype(np.uint8)
+
+
+def intensity_window(thumbnail: np.ndarray) -> tuple[float, float] | None:
+    """The 0.1-99.9 percentile range of a non-8-bit image (from its thumbnail), as `to_rgb255` uses per image."""
+    if thumbnail.dtype == np.uint8:
+        return None
+    lo, hi = np.percentile(np.asarray(thumbnail, np.float64), (0.1, 99.9))
+    return float(lo), float(hi)
+
+
+@dataclass
+class SlideSegmentation:
+    """Nuclei of a large image: label map (maybe on disk), class map, per-nucleus prompt data, block bookkeeping."""
+
+    labels: np.ndarray  # (H, W) uint32, 0 = background; ids 1..N (an id may have lost all pixels to earlier ones)
+    classes: np.ndarray | None  # (H, W) uint8 or None
+    points: np.ndarray  # (N, 2) (x, y) level-0 prompt of nucleus i+1
+    point_classes: np.ndarray  # (N,)
+    scores: np.ndarray  # (N,) predicted IoU
+    class_names: tuple[str, ...] = ()
+    scale: float = 1.0  # median of the blocks' magnifications
+    blocks: list[tuple[Block, int, int]] = field(default_factory=list)  # (block, first id, last id) per block done
+    skipped: int = 0  # blocks without tissue
+
+    @property
+    def count(self) -> int:
+        return len(self.points)
+
+
+def segment_slide(
+    model: Any,
+    slide: Slide,
+    *,
+    block: int = DEFAULT_BLOCK,
+    halo: int = DEFAULT_HALO,
+    fast: bool = False,
+    tissue: bool = True,
+    scale: float | None = None,
+    labels: np.ndarray | None = None,
+    classes: np.ndarray | None = None,
+    progress: Callable[[Iterator], Iterator] | None = None,
+) -> SlideSegmentation:
+    """Segment every nucleus of a `Slide` block by block with a PromptNucSeg model (see the module docstring).
+
+    `labels` / `classes`: zero-filled (H, W) uint32 / uint8 outputs to write into (e.g. memmaps); allocated in memory
+    when None. `tissue` skips blocks without tissue on the thumbnail; `scale` fixes SAM's magnification for every
+    block (default: each block's own, as each image's in `segment`); `progress` wraps the block iterator (e.g. tqdm).
+    """
+    h, w = slide.shape
+    if labels is None:
+        labels = np.zeros((h, w), np.uint32)
+    typed = model.config.prompter.num_classes > 1
+    if typed and classes is None:
+        classes = np.zeros((h, w), np.uint8)
+    thumb, factor = slide.thumbnail()
+    window = intensity_window(thumb)
+    planned = plan_blocks((h, w), block=block, halo=halo)
+    todo = tissue_blocks(planned, tissue_mask(thumb), factor) if tissue else planned
+    points, point_classes, scores, magnifications, done = [], [], [], [], []
+    next_id = 1
+    for b in progress(iter(todo)) if progress else todo:
+        ry0, rx0, ry1, rx1 = b.region
+        cy0, cx0, cy1, cx1 = b.core
+        result = model.segment(to_uint8(slide.read(ry0, rx0, ry1 - ry0, rx1 - rx0), window), fast=fast, scale=scale)
+        magnifications.append(result.scale)
+        n = int(result.labels.max())
+        if n:
+            centres = np.array(ndimage.center_of_mass(np.ones_like(result.labels), result.labels,
+                                                      np.arange(1, n + 1))).reshape(-1, 2)
+            cy, cx = centres[:, 0] + ry0, centres[:, 1] + rx0
+            own = (cy >= cy0) & (cy < cy1) & (cx >= cx0) & (cx < cx1)
+        else:
+            own = np.zeros(0, bool)
+        kept = np.flatnonzero(own)
+        lut = np.zeros(n + 1, np.uint32)
+        lut[kept + 1] = np.arange(next_id, next_id + len(kept), dtype=np.uint32)
+        local = lut[result.labels]
+        target = labels[ry0:ry1, rx0:rx1]
+        free = (local > 0) & (target == 0)
+        target[free] = local[free]
+        if classes is not None and result.classes is not None:
+            classes[ry0:ry1, rx0:rx1][free] = result.classes[free]
+        points.append(result.points[kept] + np.array([rx0, ry0], np.float32))
+        point_classes.append(result.point_classes[kept])
+        scores.append(result.scores[kept])
+        done.append((b, next_id, next_id + len(kept) - 1))
+        next_id += len(kept)
+    if hasattr(labels, "flush"):
+        labels.flush()
+    return SlideSegmentation(
+        labels=labels, classes=classes,
+        points=np.concatenate(points) if points else np.zeros((0, 2), np.float32),
+        point_classes=np.concatenate(point_classes) if point_classes else np.zeros(0, np.int64),
+        scores=np.concatenate(scores) if scores else np.zeros(0, np.float32),
+        class_names=tuple(getattr(model.config, "class_names", ())),
+        scale=float(np.median(magnifications)) if magnifications else float(model.config.segmentor.scale), blocks=done,
+        skipped=len(planned) - len(todo),
+    )
+
+
+def owned_labels(result: SlideSegmentation, block: Block, first: int, last: int) -> np.ndarray:
+    """The label map of `block`'s region holding only the nuclei that block owns (ids `first`..`last`)."""
+    ry0, rx0, ry1, rx1 = block.region
+    sub = np.asarray(result.labels[ry0:ry1, rx0:rx1])
+    return np.where((sub >= first) & (sub <= last), sub, 0).astype(np.uint32)
+
+
+def _per_block(result: SlideSegmentation, table: Callable[..., Any], **options: Any) -> Iterator[Any]:
+    """`table(labels, classes=, scores=, offset=, **options)` over each block's own nuclei, in level-0 pixels."""
+    scores = {i + 1: float(s) for i, s in enumerate(result.scores)}
+    for b, first, last in result.blocks:
+        if last < first:
+            continue
+        ry0, rx0, ry1, rx1 = b.region
+        classes = None if result.classes is None else np.asarray(result.classes[ry0:ry1, rx0:rx1])
+        yield from table(owned_labels(result, b, first, last), classes=classes, scores=scores, offset=(rx0, ry0),
+                         **options)
+
+
+def block_features(result: SlideSegmentation, **options: Any) -> Iterator[dict[str, Any]]:
+    """GeoJSON features of every nucleus, block by block, in level-0 pixel coordinates (ids as in the label map)."""
+    from promptsam.io.geojson import labels_to_features
+
+    return _per_block(result, labels_to_features, **options)
+
+
+def block_measurements(result: SlideSegmentation) -> Iterator[dict[str, Any]]:
+    """CSV rows (`io.measurements.measure_instances`) of every nucleus, block by block, in level-0 pixels."""
+    from promptsam.io.measurements import measure_instances
+
+    return _per_block(result, measure_instances)
+
+
+__all__ = ["Block", "SlideSegmentation", "block_features", "block_measurements", "plan_blocks", "segment_slide",
+           "tissue_mask"]

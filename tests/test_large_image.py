@@ -63,6 +63,10 @@ def test_blocks_tile_the_image_once_and_regions_hold_their_core():
         assert 0 <= ry0 <= y0 and 0 <= rx0 <= x0 and y1 <= ry1 <= shape[0] and x1 <= rx1 <= shape[1]
         assert ry0 == max(0, y0 - 40) and rx1 == min(shape[1], x1 + 40)
     assert (cover == 1).all() and len(blocks) == 4 * 3
+    from promptsam.cli import segment as cli
+    from promptsam.inference import large_image
+
+    assert (cli.DEFAULT_BLOCK, cli.DEFAULT_HALO) == (large_image.DEFAULT_BLOCK, large_image.DEFAULT_HALO)
 
 
 def test_block_wise_segmentation_equals_the_whole_image_without_seams():

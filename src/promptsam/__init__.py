@@ -39,7 +39,7 @@ def segment(image: np.ndarray, model: str = "default", *, device: str = "auto", 
 
 
 def segment_slide(slide: str | os.PathLike | np.ndarray, model: str = "default", *, device: str = "auto",
-                  block: int = 1024, halo: int = 128, fast: bool = False, tissue: bool = True) -> SlideSegmentation:
+                  block: int = 1024, halo: int = 64, fast: bool = False, tissue: bool = True) -> SlideSegmentation:
     """Every nucleus of an image too large for one pass (whole-slide image file, big TIFF or array), block by block
     without seams (`inference.large_image`); blocks without tissue are skipped unless `tissue` is False."""
     from promptsam.inference.large_image import segment_slide as run

@@ -14,7 +14,7 @@ from promptsam.errors import PromptSAMError
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".svs", ".ndpi", ".mrxs", ".scn", ".bif")
 LARGE_PIXELS = 4096 * 4096  # images above this are segmented in blocks (memory), like whole-slide images
-DEFAULT_BLOCK = 1024
+DEFAULT_BLOCK, DEFAULT_HALO = 1024, 64  # as inference.large_image (not imported here: the CLI starts fast)
 VOLUME_SUFFIXES = (".nii.gz", ".nii")
 LESION_COLUMNS = ("id", "voxels", "volume_mm3", "centroid_x", "centroid_y", "centroid_z", "mean_probability")
 
@@ -33,7 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         help="2D: segment in blocks of this many pixels (with a halo, no seams); default: blocks of "
                              f"{DEFAULT_BLOCK} for slides and images over {LARGE_PIXELS // 10**6} MP, else one pass")
     parser.add_argument("--halo", type=int, default=None,
-                        help="2D blocks: context pixels read around each block (default 128; > any nucleus radius)")
+                        help=f"2D blocks: context pixels read around each block (default {DEFAULT_HALO}; more than any "
+                             "nucleus radius at 40x)")
     parser.add_argument("--all-blocks", action="store_true",
                         help="2D blocks: also segment blocks the thumbnail shows no tissue in")
     parser.add_argument("--no-geojson", action="store_true", help="skip the QuPath GeoJSON")
@@ -190,7 +191,7 @@ def _segment_slide(model, path: Path, slide, out: Path, args: argparse.Namespace
     import numpy as np
     from tqdm import tqdm
 
-    from promptsam.inference.large_image import DEFAULT_HALO, segment_slide
+    from promptsam.inference.large_image import segment_slide
 
     out.mkdir(parents=True, exist_ok=True)
     h, w = slide.shape

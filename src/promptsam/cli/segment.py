@@ -150,7 +150,7 @@ def _big_tiff(path: Path) -> bool:
     return sizes.get("Y", 0) * sizes.get("X", 0) > LARGE_PIXELS
 
 
-def write_slide_outputs(out: Path, name: str, slide, result, labels_path: Path, classes_path: Path | None, *,
+def write_slide_outputs(out: Path, name: str, result, labels_path: Path, classes_path: Path | None, *,
                         geojson: bool = True, overlay: bool = True) -> list[Path]:
     """Write the per-image files of a block-wise segmentation: tiled BigTIFF label (and class) maps from the
     memory-mapped ones, GeoJSON and CSV streamed block by block, and an overlay of the thumbnail."""
@@ -176,8 +176,7 @@ def write_slide_outputs(out: Path, name: str, slide, result, labels_path: Path, 
         written.append(write_features(out / f"{name}.geojson", block_features(result, class_names=names)))
     written.append(write_csv(out / f"{name}.csv", block_measurements(result)))
     if overlay:
-        thumb, factor = slide.thumbnail()
-        step = max(1, round(factor))
+        thumb, step = result.thumbnail, max(1, round(result.thumbnail_factor))
         small = np.asarray(result.labels[::step, ::step])[: thumb.shape[0], : thumb.shape[1]]
         write_overlay(out / f"{name}.overlay.png", thumb[: small.shape[0], : small.shape[1]], small)
         written.append(out / f"{name}.overlay.png")
@@ -207,9 +206,7 @@ def _segment_slide(model, path: Path, slide, out: Path, args: argparse.Namespace
             halo=DEFAULT_HALO if args.halo is None else args.halo, fast=args.fast, tissue=not args.all_blocks,
             labels=labels, classes=classes,
             progress=lambda it: tqdm(it, desc=path.name, unit="block", disable=not sys.stderr.isatty()))
-        if classes is not None:
-            classes.flush()
-        write_slide_outputs(out, stem(path), slide, result, labels_path, classes_path,
+        write_slide_outputs(out, stem(path), result, labels_path, classes_path,
                             geojson=not args.no_geojson, overlay=not args.no_overlay)
         summary = (f"{result.count} nuclei in {len(result.blocks)} blocks of {args.block_size or DEFAULT_BLOCK} px "
                    f"({result.skipped} without tissue skipped), median magnification {result.scale:.2f}")

@@ -57,14 +57,11 @@ def tissue_mask(thumbnail: np.ndarray) -> np.ndarray:
 
     from promptsam.inference.classical import detect_modality
 
-    img = np.asarray(thumbnail, np.float64)
-    if np.asarray(thumbnail).dtype != np.uint8:
-        lo, hi = np.percentile(img, (0.1, 99.9))
-        img = np.clip((img - lo) / max(hi - lo, 1e-9), 0, 1) * 255
+    img = to_uint8(thumbnail, intensity_window(thumbnail)).astype(np.float64)
     grey = img.mean(axis=-1) if img.ndim == 3 else img
     if np.ptp(grey) < 8:
         return np.ones(grey.shape, bool)
-    fluorescence = detect_modality(img.astype(np.uint8)) == "fluorescence"
+    fluorescence = detect_modality(img) == "fluorescence"
     signal = grey if fluorescence else 255.0 - grey
     if img.ndim == 3 and not fluorescence:
         signal = np.maximum(signal, img.max(axis=-1) - img.min(axis=-1))  # stained tissue is dark or coloured
@@ -111,6 +108,8 @@ class SlideSegmentation:
     scale: float = 1.0  # median of the blocks' magnifications
     blocks: list[tuple[Block, int, int]] = field(default_factory=list)  # (block, first id, last id) per block done
     skipped: int = 0  # blocks without tissue
+    thumbnail: np.ndarray | None = None  # the slide's thumbnail the tissue mask was read from (for overlays)
+    thumbnail_factor: float = 1.0  # level-0 pixels per thumbnail pixel
 
     @property
     def count(self) -> int:
@@ -175,8 +174,9 @@ def segment_slide(
         scores.append(result.scores[kept])
         done.append((b, next_id, next_id + len(kept) - 1))
         next_id += len(kept)
-    if hasattr(labels, "flush"):
-        labels.flush()
+    for out in (labels, classes):
+        if hasattr(out, "flush"):  # memory maps reach the disk before the caller reads them back
+            out.flush()
     return SlideSegmentation(
         labels=labels, classes=classes,
         points=np.concatenate(points) if points else np.zeros((0, 2), np.float32),
@@ -184,7 +184,7 @@ def segment_slide(
         scores=np.concatenate(scores) if scores else np.zeros(0, np.float32),
         class_names=tuple(getattr(model.config, "class_names", ())),
         scale=float(np.median(magnifications)) if magnifications else float(model.config.segmentor.scale), blocks=done,
-        skipped=len(planned) - len(todo),
+        skipped=len(planned) - len(todo), thumbnail=thumb, thumbnail_factor=factor,
     )
 
 

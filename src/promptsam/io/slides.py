@@ -79,9 +79,8 @@ class ArraySlide(Slide):
     def _read(self, y: int, x: int, h: int, w: int) -> np.ndarray:
         return self.array[y : y + h, x : x + w]
 
-    def thumbnail(self, max_side: int = 2048) -> tuple[np.ndarray, float]:
-        factor = max(1, int(np.ceil(max(self.shape) / max_side)))
-        return self.array[::factor, ::factor], float(factor)
+    def _strided(self, factor: int, rows: int = 2048) -> np.ndarray:
+        return self.array[::factor, ::factor]
 
 
 class TiffSlide(Slide):

@@ -1,11 +1,14 @@
 """Large images: block-wise segmentation (`promptsam segment` on a slide-sized TIFF) vs one pass per tile.
 
     .venv/bin/python benchmarks/large_image_benchmark.py [--model default] [--threads 2] [--grid 3] [--fast]
+                                                         [--workers N]
 
 Builds a grid x grid mosaic of the MoNuSeg validation images (1000x1000 each, flipped and rotated copies, so the
 mosaic's ground truth is known) as a tiled JPEG TIFF, then, each in a fresh process (peak RSS = VmHWM):
 - blocks: the segment CLI on the mosaic (1024-px blocks, 64-px halo, each block at its own magnification);
-- reference: `model.segment` on each 1000x1000 tile alone, one pass each (what the CLI does for a small image).
+- reference: `model.segment` on each 1000x1000 tile alone, one pass each (what the CLI does for a small image);
+- with `--workers N`: the segment CLI with `--workers N` (N processes sharing the `--threads` CPU threads; peak
+  memory = the main process + N x the largest worker).
 Reports seconds per megapixel, peak memory, and PQ / AJI / Dice of the whole mosaic against its ground truth for
 both (the reference's tiles pasted side by side; nuclei cut by tile borders count against it as they would for
 a user tiling by hand). Writes benchmarks/results/large_image_benchmark.json.
@@ -71,17 +74,26 @@ def measure(kind: str, args: argparse.Namespace, image_path: Path, out: Path) ->
     import torch
 
     torch.set_num_threads(args.threads)
-    if kind == "blocks":
+    if kind in ("blocks", "workers"):
+        import os
+        import resource
+
         from promptsam.cli.main import main as cli
 
         command = ["segment", str(image_path), "-o", str(out), "--model", args.model, "--device", "cpu",
                    "--no-overlay", "--block-size", "1024"] + (["--fast"] if args.fast else [])
+        if kind == "workers":
+            os.sched_setaffinity(0, range(args.threads))  # the workers share --threads CPUs (cpu_count // N each)
+            command += ["--workers", str(args.workers)]
         t0 = time.perf_counter()
         code = cli(command)
         seconds = time.perf_counter() - t0
         if code:
             raise SystemExit(f"segment CLI failed with exit code {code}")
-        return {"seconds": seconds, "peak_mb": _peak_mb(), "labels": str(out / "mosaic.labels.tif")}
+        peak = _peak_mb()
+        if kind == "workers":
+            peak += args.workers * resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+        return {"seconds": seconds, "peak_mb": peak, "labels": str(out / "mosaic.labels.tif")}
     from promptsam.io import read_image, write_labels
     from promptsam.pretrained import load_model
 
@@ -106,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--grid", type=int, default=3, help="mosaic of grid x grid 1000x1000 tiles")
     parser.add_argument("--fast", action="store_true")
+    parser.add_argument("--workers", type=int, default=None, help="also run the CLI with --workers N")
     parser.add_argument("--data", type=Path, default=None)
     parser.add_argument("--measure", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--image", type=Path, default=None, help=argparse.SUPPRESS)
@@ -128,9 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         image_path, label_path = build_mosaic(root, args.grid, Path(tmp))
         truth = np.load(label_path)
         megapixels = truth.size / 1e6
-        for kind in ("blocks", "tiles"):
+        for kind in ("blocks", "tiles") + (("workers",) if args.workers else ()):
             cmd = [sys.executable, __file__, "--measure", kind, "--model", args.model, "--threads", str(args.threads),
                    "--image", str(image_path), "--out", str(Path(tmp) / kind)] + (["--fast"] if args.fast else [])
+            cmd += ["--workers", str(args.workers)] if args.workers else []
             done = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 raise SystemExit(f"{kind}: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else 'failed'}")
@@ -139,17 +153,24 @@ def main(argv: list[str] | None = None) -> int:
             results[kind] = {**record, "seconds_per_megapixel": record["seconds"] / megapixels,
                              **{k: float(scores[k]) for k in ("pq", "aji", "dice", "dq", "sq")}}
             rows.append({"method": {"blocks": "segment CLI, 1024-px blocks + 64-px halo",
-                                    "tiles": "one pass per 1000x1000 tile (reference)"}[kind],
+                                    "tiles": "one pass per 1000x1000 tile (reference)",
+                                    "workers": f"segment CLI, blocks in {args.workers} worker processes"}[kind],
                          "s / MP": results[kind]["seconds_per_megapixel"], "peak RSS MB": results[kind]["peak_mb"],
                          "PQ": results[kind]["pq"], "AJI": results[kind]["aji"], "Dice": results[kind]["dice"]})
     ratio = results["blocks"]["seconds"] / results["tiles"]["seconds"]
     rows.append({"method": "blocks / reference", "s / MP": ratio,
                  "peak RSS MB": results["blocks"]["peak_mb"] / results["tiles"]["peak_mb"],
                  "PQ": results["blocks"]["pq"] - results["tiles"]["pq"]})
+    if args.workers:
+        rows.append({"method": f"{args.workers} workers / blocks in one process",
+                     "s / MP": results["workers"]["seconds"] / results["blocks"]["seconds"],
+                     "peak RSS MB": results["workers"]["peak_mb"] / results["blocks"]["peak_mb"],
+                     "PQ": results["workers"]["pq"] - results["blocks"]["pq"]})
     print(f"mosaic {args.grid}x{args.grid} tiles = {megapixels:.0f} MP, model {args.model}, {args.threads} threads"
-          f"{', fast' if args.fast else ''} (last row: time and memory ratios, PQ difference)")
+          f"{', fast' if args.fast else ''} (ratio rows: time and memory ratios, PQ difference)")
     print_table(rows, ["method", "s / MP", "peak RSS MB", "PQ", "AJI", "Dice"])
-    write_results("large_image_benchmark" + ("_fast" if args.fast else ""),
+    write_results("large_image_benchmark" + ("_fast" if args.fast else "") + (f"_workers{args.workers}"
+                                                                            if args.workers else ""),
                   {"command": " ".join(["python", "benchmarks/large_image_benchmark.py", *(argv or sys.argv[1:])]),
                    "megapixels": megapixels, "grid": args.grid, "results": results, "time_ratio": ratio})
     return 0

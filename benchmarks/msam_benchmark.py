@@ -76,7 +76,7 @@ def measure(kind: str, model_path: str, volume_path: str, threads: int) -> dict:
     for precision, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
         def step(dtype=dtype):
             with torch.inference_mode(), torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
-                net.refine(net.embed(x), coords, labels)
+                net(x, coords, labels)  # embed + one refinement round
         out[precision] = median_seconds(step, repeats=3)
     return {"seconds_fp32": out["fp32"], "seconds_bf16": out["bf16"], "peak_mb": _peak_mb(),
             "parameters_m": sum(p.numel() for p in net.parameters()) / 1e6}

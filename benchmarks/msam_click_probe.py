@@ -66,10 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         clicks.append(("background", background[len(background) // 2], None))
         outputs = []
         with torch.inference_mode():
-            embedding = model.network.embed(x)
+            embedding, details = model.network.embed(x), model.network.embed_details(x)
             for what, voxel, lesion in clicks:
                 coords = torch.tensor(voxel, dtype=torch.float32).view(1, 1, 3)
-                low, _ = model.network.refine(embedding, coords, torch.tensor([[1]]), None)
+                low, _ = model.network.refine(embedding, coords, torch.tensor([[1]]), None, details)
                 logits = F.interpolate(low.float(), size=x.shape[-3:], mode="trilinear", align_corners=False)[0, 0]
                 pred = (logits > LOGIT_THRESHOLD).numpy()
                 where = np.argwhere(pred)

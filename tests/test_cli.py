@@ -40,3 +40,16 @@ def test_empty_folder_is_one_line_error(tmp_path, capsys):
     code = main(["segment", str(tmp_path), "-o", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and str(tmp_path) in err[0] and "no images" in err[0]
+
+
+def test_every_slide_format_is_an_input_and_keeps_its_stem(tmp_path):
+    from promptsam.cli.segment import IMAGE_SUFFIXES, expand_inputs, stem
+    from promptsam.io.images import IMAGE_SUFFIXES as WHOLE_IMAGE_SUFFIXES
+    from promptsam.io.slides import OPENSLIDE_SUFFIXES, TIFF_SUFFIXES
+
+    assert set(OPENSLIDE_SUFFIXES) | set(TIFF_SUFFIXES) | set(WHOLE_IMAGE_SUFFIXES) <= set(IMAGE_SUFFIXES)
+    for name in ("a.ome.tif", "b.svslide", "c.vms", "d.btf", "e.bmp", "f.notes.txt"):
+        (tmp_path / name).touch()
+    found = [p.name for p in expand_inputs([str(tmp_path)])]
+    assert found == ["a.ome.tif", "b.svslide", "c.vms", "d.btf", "e.bmp"]
+    assert [stem(tmp_path / n) for n in found] == ["a", "b", "c", "d", "e"]

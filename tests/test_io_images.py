@@ -61,7 +61,7 @@ def test_rgba_opaque_alpha_dropped_transparent_rejected(tmp_path):
         ("nan.tif", lambda p: tifffile.imwrite(p, np.full((4, 4), np.nan, np.float32)), "NaN"),
         ("five.tif", lambda p: tifffile.imwrite(p, np.zeros((8, 8, 5), np.uint8), photometric="minisblack"),
          "channel count 5"),
-        ("x.bmp", lambda p: p.write_bytes(b"BM0000"), "unsupported image format"),
+        ("x.gif", lambda p: p.write_bytes(b"GIF89a"), "unsupported image format"),
     ],
 )
 def test_bad_images_raise_input_error_naming_the_file(tmp_path, name, write, match):
@@ -151,3 +151,14 @@ def test_real_monuseg_image_and_labels(shared_data):
     labels = read_labels(shared_data / "monuseg/train/labels/TCGA-21-5784-01Z-00-DX1.tif")
     assert image.shape == (1000, 1000, 3) and image.dtype == np.uint8
     assert labels.shape == (1000, 1000) and labels.max() == len(np.unique(labels)) - 1
+
+
+def test_bmp_and_bigtiff_suffixes_are_read(tmp_path):
+    import tifffile
+    from PIL import Image
+
+    rgb = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3)
+    Image.fromarray(rgb).save(tmp_path / "a.bmp")
+    tifffile.imwrite(tmp_path / "b.btf", rgb, bigtiff=True)
+    assert np.array_equal(read_image(tmp_path / "a.bmp"), rgb)
+    assert np.array_equal(read_image(tmp_path / "b.btf"), rgb)

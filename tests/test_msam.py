@@ -38,6 +38,18 @@ def test_training_respects_the_frozen_split_and_writes_a_loadable_model(trained)
     assert model.config.network.arch == "sam_med3d_small"
 
 
+def test_a_new_run_takes_the_detector_of_another_model_and_a_fresh_network(trained, shared_data, tmp_path):
+    """`train msam --detector-from MODEL`: e.g. the [A] detail branch trained from scratch beside a trained detector."""
+    source = MSAM.load(trained[0] / "model.pt", device="cpu")
+    cfg = load_config("msam_cpu", {**TINY, "network.detail": True})
+    train_msam(cfg, [str(shared_data / "ms_lesion_3d")], [], tmp_path, stages=("segmentor",), progress=False,
+               detector_from=trained[0] / "model.pt")
+    model = MSAM.load(tmp_path / "model.pt", device="cpu")
+    assert model.network.detail is not None and model.config.network.detail
+    for (name, a), b in zip(source.detector.state_dict().items(), model.detector.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
 def test_three_modes_return_masks_on_the_input_grid(trained, shared_data):
     from promptsam.io.volumes import read_pair
 
@@ -90,9 +102,9 @@ def test_automatic_mode_starts_from_the_detectors_mask(monkeypatch):
     prompts = []
     refine = model.network.refine
 
-    def spy(embeddings, coords, labels, previous=None):
+    def spy(embeddings, coords, labels, previous=None, details=None):
         prompts.append(previous)
-        return refine(embeddings, coords, labels, previous)
+        return refine(embeddings, coords, labels, previous, details)
 
     monkeypatch.setattr(model.network, "refine", spy)
     volume = Volume(np.random.default_rng(0).random((100, 100, 100), np.float32), np.diag([1.5, 1.5, 1.5, 1.0]),

@@ -39,14 +39,18 @@ def segment(image: np.ndarray, model: str = "default", *, device: str = "auto", 
 
 
 def segment_slide(slide: str | os.PathLike | np.ndarray, model: str = "default", *, device: str = "auto",
-                  block: int = 1024, halo: int = 64, fast: bool = False, tissue: bool = True) -> SlideSegmentation:
+                  block: int = 1024, halo: int = 64, fast: bool = False, tissue: bool = True,
+                  workers: int | None = None, scheduler: str | None = None) -> SlideSegmentation:
     """Every nucleus of an image too large for one pass (whole-slide image file, big TIFF or array), block by block
-    without seams (`inference.large_image`); blocks without tissue are skipped unless `tissue` is False."""
+    without seams (`inference.large_image`); blocks without tissue are skipped unless `tissue` is False. Blocks run
+    in `workers` local processes or on the workers of a dask `scheduler` address when given."""
+    from promptsam.inference.large_image import block_executor
     from promptsam.inference.large_image import segment_slide as run
     from promptsam.io.slides import open_slide
 
-    with open_slide(slide) as source:
-        return run(_cached(model, device), source, block=block, halo=halo, fast=fast, tissue=tissue)
+    with open_slide(slide) as source, block_executor(workers=workers, scheduler=scheduler) as executor:
+        return run(_cached(model, device), source, block=block, halo=halo, fast=fast, tissue=tissue,
+                   executor=executor, worker_model=str(model) if executor is not None else None)
 
 
 __all__ = ["__version__", "load_model", "segment", "segment_slide"]

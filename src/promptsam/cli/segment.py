@@ -12,7 +12,10 @@ from pathlib import Path
 
 from promptsam.errors import PromptSAMError
 
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".svs", ".ndpi", ".mrxs", ".scn", ".bif")
+# what io.images reads whole, then the slide formats of io.slides (OpenSlide's last); compound suffixes first for `stem`
+IMAGE_SUFFIXES = (".ome.tiff", ".ome.tif", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".btf", ".tf8", ".svs",
+                  ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide")
+TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8")
 LARGE_PIXELS = 4096 * 4096  # images above this are segmented in blocks (memory), like whole-slide images
 DEFAULT_BLOCK, DEFAULT_HALO = 1024, 64  # as inference.large_image (not imported here: the CLI starts fast)
 VOLUME_SUFFIXES = (".nii.gz", ".nii")
@@ -35,6 +38,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--halo", type=int, default=None,
                         help=f"2D blocks: context pixels read around each block (default {DEFAULT_HALO}; more than any "
                              "nucleus radius at 40x)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="2D blocks: segment blocks in this many local processes (CPU threads shared among them)")
+    parser.add_argument("--dask", default=None, metavar="ADDRESS",
+                        help="2D blocks: send blocks to the workers of this dask.distributed scheduler (e.g. "
+                             "tcp://host:8786; needs `pip install distributed`; a model file must be at the same path "
+                             "on the workers)")
     parser.add_argument("--all-blocks", action="store_true",
                         help="2D blocks: also segment blocks the thumbnail shows no tissue in")
     parser.add_argument("--no-geojson", action="store_true", help="skip the QuPath GeoJSON")
@@ -139,7 +148,7 @@ def _big_tiff(path: Path) -> bool:
     """Whether a TIFF's first image holds more than LARGE_PIXELS pixels (read from its header only)."""
     import tifffile
 
-    if path.suffix.lower() not in (".tif", ".tiff"):
+    if path.suffix.lower() not in TIFF_SUFFIXES:
         return False
     try:
         with tifffile.TiffFile(path) as tif:
@@ -205,7 +214,8 @@ def _segment_slide(model, path: Path, slide, out: Path, args: argparse.Namespace
             model, slide, block=args.block_size or DEFAULT_BLOCK,
             halo=DEFAULT_HALO if args.halo is None else args.halo, fast=args.fast, tissue=not args.all_blocks,
             labels=labels, classes=classes,
-            progress=lambda it: tqdm(it, desc=path.name, unit="block", disable=not sys.stderr.isatty()))
+            progress=lambda it: tqdm(it, desc=path.name, unit="block", disable=not sys.stderr.isatty()),
+            executor=args.executor, worker_model=None if args.precision else args.model)
         write_slide_outputs(out, stem(path), result, labels_path, classes_path,
                             geojson=not args.no_geojson, overlay=not args.no_overlay)
         summary = (f"{result.count} nuclei in {len(result.blocks)} blocks of {args.block_size or DEFAULT_BLOCK} px "
@@ -247,13 +257,22 @@ def run(args: argparse.Namespace) -> int:
             model.config = replace(model.config, inference=replace(model.config.inference, precision=args.precision))
         segment_one = _segment_image
     out, failures = Path(args.output), 0
-    for path in paths:  # one bad input is reported on one line; the others are still segmented
-        t0 = time.perf_counter()
-        try:
-            summary = segment_one(model, path, out, args)
-        except PromptSAMError as err:
-            failures += 1
-            print(f"promptsam segment: error: {err}", file=sys.stderr)
-            continue
-        print(f"{path}: {summary} in {time.perf_counter() - t0:.1f} s -> {out}/{stem(path)}.*")
+    from promptsam.inference.large_image import block_executor
+
+    with block_executor(workers=args.workers, scheduler=args.dask) as args.executor:
+        for path in paths:  # one bad input is reported on one line; the others are still segmented
+            failures += _segment_logged(segment_one, model, path, out, args)
     return 2 if failures else 0
+
+
+def _segment_logged(segment_one, model, path: Path, out: Path, args: argparse.Namespace) -> int:
+    """Segment one input and print its summary line, or its error on one line; returns the number of failures."""
+    t0 = time.perf_counter()
+    try:
+        summary = segment_one(model, path, out, args)
+    except PromptSAMError as err:
+        print(f"promptsam segment: error: {err}", file=sys.stderr)
+        return 1
+    print(f"{path}: {summary} in {time.perf_counter() - t0:.1f} s -> {out}/{stem(path)}.*")
+    return 0
+

@@ -48,6 +48,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--rank", type=int, default=None, help="LoRA rank on the encoder (0 = train the whole encoder)")
     m.add_argument("--loss-rounds", choices=["all", "last"], default=None,
                    help="loss on every click round (released code) or the last one (rebuttal)")
+    m.add_argument("--detector-from", metavar="MODEL", default=None,
+                   help="a new run takes the lesion detector of this M-SAM model file; its M-SAM network starts fresh")
     m.set_defaults(func=run_msam)
 
 
@@ -112,6 +114,7 @@ def run_msam(args: argparse.Namespace) -> int:
         overrides["clicks.loss_rounds"] = args.loss_rounds
     config, out = _run_config(args, load_config, overrides)
     stages = ("detector", "segmentor") if args.stage == "both" else (args.stage,)
-    summary = train_msam(config, args.data, args.val, out, stages=stages, progress=not args.no_progress)
+    summary = train_msam(config, args.data, args.val, out, stages=stages, progress=not args.no_progress,
+                         detector_from=args.detector_from)
     print(json.dumps(summary, indent=2))
     return 0

@@ -13,13 +13,19 @@ are in memory at a time; `block_features` / `block_measurements` then stream Geo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
+from promptsam.errors import PromptSAMError
 from promptsam.io.slides import Slide
 
 DEFAULT_BLOCK = 1024  # core side, level-0 pixels: ~1.3x the pixels of a 1000x1000 image with the default halo
@@ -116,6 +122,115 @@ class SlideSegmentation:
         return len(self.points)
 
 
+@dataclass
+class BlockResult:
+    """The nuclei one block owns: its region's label map with only them (ids 1..k), their prompt data (level 0)."""
+
+    labels: np.ndarray  # (rh, rw) uint32
+    classes: np.ndarray | None  # (rh, rw) uint8 or None
+    points: np.ndarray  # (k, 2) (x, y) level-0 prompts
+    point_classes: np.ndarray  # (k,)
+    scores: np.ndarray  # (k,)
+    scale: float  # the block's magnification
+
+
+def segment_block(model: Any, region: np.ndarray, block: Block, *, window: tuple[float, float] | None = None,
+                  fast: bool = False, scale: float | None = None) -> BlockResult:
+    """Segment the pixels of `block.region` and keep the nuclei whose centroid lies in the block's core."""
+    ry0, rx0, ry1, rx1 = block.region
+    cy0, cx0, cy1, cx1 = block.core
+    result = model.segment(to_uint8(region, window), fast=fast, scale=scale)
+    n = int(result.labels.max())
+    if n:
+        centres = np.array(ndimage.center_of_mass(np.ones_like(result.labels), result.labels,
+                                                  np.arange(1, n + 1))).reshape(-1, 2)
+        cy, cx = centres[:, 0] + ry0, centres[:, 1] + rx0
+        own = (cy >= cy0) & (cy < cy1) & (cx >= cx0) & (cx < cx1)
+    else:
+        own = np.zeros(0, bool)
+    kept = np.flatnonzero(own)
+    lut = np.zeros(n + 1, np.uint32)
+    lut[kept + 1] = np.arange(1, len(kept) + 1, dtype=np.uint32)
+    local = lut[result.labels]
+    classes = None if result.classes is None else np.where(local > 0, result.classes, 0).astype(np.uint8)
+    return BlockResult(labels=local, classes=classes,
+                       points=(result.points[kept] + np.array([rx0, ry0], np.float32)).astype(np.float32),
+                       point_classes=result.point_classes[kept], scores=result.scores[kept], scale=float(result.scale))
+
+
+_WORKER_MODELS: dict[str, Any] = {}
+
+
+def _worker_block(model: Any, region: np.ndarray, block: Block, window: tuple[float, float] | None, fast: bool,
+                  scale: float | None) -> BlockResult:
+    """`segment_block` in a worker process or machine; a model given by name or path is loaded once there."""
+    if isinstance(model, str):
+        if model not in _WORKER_MODELS:
+            from promptsam.pretrained import load_model
+
+            _WORKER_MODELS[model] = load_model(model, device="auto")
+        model = _WORKER_MODELS[model]
+    return segment_block(model, region, block, window=window, fast=fast, scale=scale)
+
+
+def _init_worker(threads: int) -> None:
+    """Start-up of a local worker process: its share of the CPU threads."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+@contextmanager
+def block_executor(*, workers: int | None = None, scheduler: str | None = None) -> Iterator[Executor | None]:
+    """Where `segment_slide` runs blocks: here (None), `workers` local processes, or a dask `scheduler`'s workers."""
+    if workers is not None and scheduler:
+        raise PromptSAMError("use local workers or a dask scheduler, not both")
+    if scheduler:
+        try:
+            from distributed import Client
+        except ImportError:
+            raise PromptSAMError("a dask scheduler needs dask.distributed: pip install distributed") from None
+        try:
+            client = Client(scheduler, timeout=30)
+        except (OSError, TimeoutError) as err:
+            raise PromptSAMError(f"{scheduler}: cannot reach the dask scheduler ({type(err).__name__})") from None
+        with client:
+            yield client.get_executor()
+        return
+    if not workers or workers <= 1:
+        yield None
+        return
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                             initargs=(max(1, cpus // workers),)) as pool:
+        yield pool
+
+
+def _in_order(executor: Executor, tasks: Iterable[tuple], pending: int) -> Iterator[BlockResult]:
+    """Results of `_worker_block(*task)` run on `executor`, in task order, at most `pending` submitted ahead (the
+    tasks iterator reads each block's pixels only when it is submitted)."""
+    queue: deque[Future] = deque()
+    for task in tasks:
+        queue.append(executor.submit(_worker_block, *task))
+        if len(queue) >= pending:
+            yield queue.popleft().result()
+    while queue:
+        yield queue.popleft().result()
+
+
+class _Counted:
+    """An iterator with a length, so progress bars know the total."""
+
+    def __init__(self, items: Iterator[Any], count: int) -> None:
+        self.items, self.count = items, count
+
+    def __iter__(self) -> Iterator[Any]:
+        return self.items
+
+    def __len__(self) -> int:
+        return self.count
+
+
 def segment_slide(
     model: Any,
     slide: Slide,
@@ -127,13 +242,20 @@ def segment_slide(
     scale: float | None = None,
     labels: np.ndarray | None = None,
     classes: np.ndarray | None = None,
-    progress: Callable[[Iterator], Iterator] | None = None,
+    progress: Callable[[Iterable], Iterable] | None = None,
+    executor: Executor | None = None,
+    worker_model: str | None = None,
+    pending: int = 8,
 ) -> SlideSegmentation:
     """Segment every nucleus of a `Slide` block by block with a PromptNucSeg model (see the module docstring).
 
     `labels` / `classes`: zero-filled (H, W) uint32 / uint8 outputs to write into (e.g. memmaps); allocated in memory
     when None. `tissue` skips blocks without tissue on the thumbnail; `scale` fixes SAM's magnification for every
-    block (default: each block's own, as each image's in `segment`); `progress` wraps the block iterator (e.g. tqdm).
+    block (default: each block's own, as each image's in `segment`); `progress` wraps the iterable of finished blocks
+    (e.g. tqdm). With an `executor` (`concurrent.futures` process pool, or `dask.distributed.Client.get_executor()`
+    for many machines) the blocks read here are segmented there, at most `pending` ahead, and written here in order,
+    so the result is the same as without; workers load `worker_model` (a model name or path) once each, or get the
+    model object with every block when it is None.
     """
     h, w = slide.shape
     if labels is None:
@@ -145,35 +267,35 @@ def segment_slide(
     window = intensity_window(thumb)
     planned = plan_blocks((h, w), block=block, halo=halo)
     todo = tissue_blocks(planned, tissue_mask(thumb), factor) if tissue else planned
+
+    def pixels(b: Block) -> np.ndarray:
+        ry0, rx0, ry1, rx1 = b.region
+        return slide.read(ry0, rx0, ry1 - ry0, rx1 - rx0)
+
+    if executor is None:
+        results: Iterator[BlockResult] = (segment_block(model, pixels(b), b, window=window, fast=fast, scale=scale)
+                                          for b in todo)
+    else:
+        tasks = ((worker_model or model, pixels(b), b, window, fast, scale) for b in todo)
+        results = _in_order(executor, tasks, max(1, pending))
+    finished = _Counted(iter(results), len(todo))
     points, point_classes, scores, magnifications, done = [], [], [], [], []
     next_id = 1
-    for b in progress(iter(todo)) if progress else todo:
+    for b, part in zip(todo, progress(finished) if progress else finished, strict=True):
         ry0, rx0, ry1, rx1 = b.region
-        cy0, cx0, cy1, cx1 = b.core
-        result = model.segment(to_uint8(slide.read(ry0, rx0, ry1 - ry0, rx1 - rx0), window), fast=fast, scale=scale)
-        magnifications.append(result.scale)
-        n = int(result.labels.max())
-        if n:
-            centres = np.array(ndimage.center_of_mass(np.ones_like(result.labels), result.labels,
-                                                      np.arange(1, n + 1))).reshape(-1, 2)
-            cy, cx = centres[:, 0] + ry0, centres[:, 1] + rx0
-            own = (cy >= cy0) & (cy < cy1) & (cx >= cx0) & (cx < cx1)
-        else:
-            own = np.zeros(0, bool)
-        kept = np.flatnonzero(own)
-        lut = np.zeros(n + 1, np.uint32)
-        lut[kept + 1] = np.arange(next_id, next_id + len(kept), dtype=np.uint32)
-        local = lut[result.labels]
+        k = len(part.points)
+        local = np.where(part.labels > 0, part.labels + np.uint32(next_id - 1), 0).astype(np.uint32)
         target = labels[ry0:ry1, rx0:rx1]
         free = (local > 0) & (target == 0)
         target[free] = local[free]
-        if classes is not None and result.classes is not None:
-            classes[ry0:ry1, rx0:rx1][free] = result.classes[free]
-        points.append(result.points[kept] + np.array([rx0, ry0], np.float32))
-        point_classes.append(result.point_classes[kept])
-        scores.append(result.scores[kept])
-        done.append((b, next_id, next_id + len(kept) - 1))
-        next_id += len(kept)
+        if classes is not None and part.classes is not None:
+            classes[ry0:ry1, rx0:rx1][free] = part.classes[free]
+        magnifications.append(part.scale)
+        points.append(part.points)
+        point_classes.append(part.point_classes)
+        scores.append(part.scores)
+        done.append((b, next_id, next_id + k - 1))
+        next_id += k
     for out in (labels, classes):
         if hasattr(out, "flush"):  # memory maps reach the disk before the caller reads them back
             out.flush()
@@ -221,5 +343,5 @@ def block_measurements(result: SlideSegmentation) -> Iterator[dict[str, Any]]:
     return _per_block(result, measure_instances)
 
 
-__all__ = ["Block", "SlideSegmentation", "block_features", "block_measurements", "plan_blocks", "segment_slide",
-           "tissue_mask"]
+__all__ = ["Block", "BlockResult", "SlideSegmentation", "block_executor", "block_features", "block_measurements",
+           "plan_blocks", "segment_block", "segment_slide", "tissue_mask"]

@@ -29,10 +29,10 @@ __all__ = [
     "write_labels",
 ]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".btf", ".tf8")
 LABEL_SUFFIXES = (".tif", ".tiff", ".png", ".nii", ".nii.gz")
-_PIL_SUFFIXES = (".png", ".jpg", ".jpeg")
-_TIFF_SUFFIXES = (".tif", ".tiff")
+_PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+_TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8")  # .btf / .tf8: BigTIFF
 
 
 def _suffix(path: Path) -> str:
@@ -54,7 +54,7 @@ def _check_exists(path: Path) -> None:
 
 
 def _load_raster(path: Path) -> np.ndarray:
-    """Load a PNG/JPEG/TIFF into a numpy array without interpreting channels."""
+    """Load a PNG/JPEG/BMP/TIFF into a numpy array without interpreting channels."""
     suffix = _suffix(path)
     try:
         if suffix in _TIFF_SUFFIXES:
@@ -74,7 +74,7 @@ def _load_raster(path: Path) -> np.ndarray:
         raise
     except Exception as err:  # decoder errors come in many types
         raise InputError(f"{path}: unreadable image ({type(err).__name__}: {err})") from None
-    raise InputError(f"{path}: unsupported image format {suffix!r} (use PNG, JPEG or TIFF)")
+    raise InputError(f"{path}: unsupported image format {suffix!r} (use PNG, JPEG, BMP or TIFF)")
 
 
 def _drop_opaque_alpha(path: Path, arr: np.ndarray) -> np.ndarray:

@@ -80,6 +80,9 @@ class NetworkConfig:
     # [A] > 0: each click is also painted into the mask prompt (+/- CLICK_LOGIT on a ball of this radius, input
     # voxels), which a from-scratch model learns to follow; 0 = the paper (click token only)
     click_radius: float = 0.0
+    # [A] a stride-4 branch that reads the volume and each round's mask prompt (painted clicks included) and adds to
+    # the decoder's upscaled embedding (models/sam3d/detail.py); False = the paper
+    detail: bool = False
 
 
 @dataclass(frozen=True)
@@ -174,7 +177,7 @@ def build_network(cfg: NetworkConfig) -> MSam:
     channels = sam.prompt_encoder.embed_dim
     grid = sam.prompt_encoder.image_embedding_size[0]
     adapter = MaskEnhancedAdapter(channels, num_heads=cfg.mea_heads, grid=grid)
-    return MSam(sam, lora_rank=cfg.lora_rank, adapter=adapter, click_radius=cfg.click_radius)
+    return MSam(sam, lora_rank=cfg.lora_rank, adapter=adapter, click_radius=cfg.click_radius, detail=cfg.detail)
 
 
 class MSAM(nn.Module):
@@ -204,7 +207,7 @@ class MSAM(nn.Module):
         The previous round's low-res logits are the mask prompt; `mask_prompt` (B, 1, s, s, s low-res logits)
         replaces the first round's zeros.
         """
-        embeddings = self.network.embed(volumes)
+        embeddings, details = self.network.embed(volumes), self.network.embed_details(volumes)
         size = volumes.shape[-3:]
         outputs, previous, logits = [], mask_prompt, None
         for t in range(rounds):
@@ -218,7 +221,8 @@ class MSAM(nn.Module):
                 coords, labels = next_clicks(logits[:, 0], reference, generator=generator)
             if record is not None:
                 record.append((coords, labels))
-            low, _ = self.network.refine(embeddings, coords.to(volumes.device), labels.to(volumes.device), previous)
+            low, _ = self.network.refine(embeddings, coords.to(volumes.device), labels.to(volumes.device), previous,
+                                         details)
             logits = F.interpolate(low.float(), size=size, mode="trilinear", align_corners=False)
             outputs.append(logits)
             previous = low.detach()  # [A] fed back without gradient through earlier rounds (bounded memory)
@@ -514,6 +518,8 @@ class SegmentorTask(_Task):
             {"params": list(net.sam.mask_decoder.parameters()), "lr": o.lr_decoder},
             {"params": list(net.mea.parameters()), "lr": o.lr_adapter},
         ]
+        if net.detail is not None:  # [A] new layers, trained like the adapter
+            groups.append({"params": list(net.detail.parameters()), "lr": o.lr_adapter})
         opt = torch.optim.AdamW(groups, weight_decay=o.weight_decay)
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(o.milestones), gamma=o.gamma)
         return {"optimizer": opt, "lr_scheduler": sched}
@@ -566,8 +572,13 @@ class DetectorTask(_Task):
 
 
 def train_msam(config: MSAMConfig, data: list[str], val: list[str], out: str | os.PathLike, *,
-               stages: tuple[str, ...] = ("detector", "segmentor"), progress: bool = True) -> dict[str, Any]:
-    """Train the detector and/or M-SAM into run folder `out`, then export `out/model.pt`."""
+               stages: tuple[str, ...] = ("detector", "segmentor"), progress: bool = True,
+               detector_from: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Train the detector and/or M-SAM into run folder `out`, then export `out/model.pt`.
+
+    A new run folder can take its lesion detector from the model file `detector_from` (the M-SAM network then starts
+    fresh from `config`); a run folder holding a model.pt resumes from it.
+    """
     from promptsam.data.volumes import list_volume_cases
     from promptsam.training import fit_stage, load_task_weights
 
@@ -592,6 +603,8 @@ def train_msam(config: MSAMConfig, data: list[str], val: list[str], out: str | o
     model_file = out / "model.pt"
     if model_file.is_file():  # later stages start from the weights of earlier ones
         model.load_state_dict(MSAM.load(model_file, device="cpu").state_dict())
+    elif detector_from is not None:
+        model.detector.load_state_dict(MSAM.load(detector_from, device="cpu").detector.state_dict())
     t = config.training
     summary: dict[str, Any] = {"train": [c.name for c in train_cases], "val": [c.name for c in val_cases]}
     for stage in stages:

@@ -54,14 +54,16 @@ class MaskDecoder3D(nn.Module):
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool = False,
         fuse: Fuse | None = None,
+        details: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Masks (B, M, 4d, 4h, 4w) and IoU (B, M) for B prompted objects; M = 3 with multimask_output, else 1.
 
         `image_embeddings` is (B or 1, C, d, h, w); `fuse(image, dense)` replaces the official `image + dense` source of
-        the transformer (M-SAM's Mask-Enhanced Adapter plugs in here).
+        the transformer (M-SAM's Mask-Enhanced Adapter plugs in here); `details` (B, C/8, 4d, 4h, 4w), when given, is
+        added to the upscaled embedding ([A] `sam3d.detail.DetailEncoder3D`).
         """
         masks, iou_pred = self.predict_masks(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, fuse
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, fuse, details
         )
         chosen = slice(1, None) if multimask_output else slice(0, 1)
         return masks[:, chosen], iou_pred[:, chosen]
@@ -73,6 +75,7 @@ class MaskDecoder3D(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         fuse: Fuse | None = None,
+        details: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """All mask-token outputs: masks (B, 4, 4d, 4h, 4w) and IoU (B, 4)."""
         n = sparse_prompt_embeddings.shape[0]
@@ -89,6 +92,8 @@ class MaskDecoder3D(nn.Module):
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
 
         upscaled = self.output_upscaling(src.transpose(1, 2).reshape(n, c, d, h, w))
+        if details is not None:
+            upscaled = upscaled + details.to(upscaled.dtype)
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )

@@ -50,13 +50,15 @@ class Sam3D(nn.Module):
         multimask_output: bool = False,
         dense_override: torch.Tensor | None = None,
         fuse: Fuse | None = None,
+        details: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Low-resolution mask logits (B, M, s/4, s/4, s/4) and predicted IoU (B, M) for B prompted objects.
 
         `points` = (coords (B, P, 3) voxel indices in (d0, d1, d2) order, labels (B, P) in {1, 0, -1});
         `mask_inputs` = previous low-resolution logits (B, 1, s/4, s/4, s/4); `dense_override` replaces the dense
         prompt embedding (B, 384, s/16, s/16, s/16) outright; `fuse(image, dense)` replaces `image + dense` in the
-        decoder. `image_embeddings` has a batch of B, or of 1 shared by all objects.
+        decoder; `details` (B, C/8, s/4, s/4, s/4) is added to the decoder's upscaled embedding. `image_embeddings`
+        has a batch of B, or of 1 shared by all objects.
         """
         sparse, dense = self.prompt_encoder(points=points, masks=mask_inputs if dense_override is None else None)
         if dense_override is not None:
@@ -68,4 +70,5 @@ class Sam3D(nn.Module):
             dense_prompt_embeddings=dense,
             multimask_output=multimask_output,
             fuse=fuse,
+            details=details,
         )

@@ -171,30 +171,49 @@ def small_sam3d() -> Sam3D:
     return Sam3D(encoder, prompt, MaskDecoder3D())
 
 
-def test_msam_lora_is_rank_4_on_qkv_with_unit_scaling_and_frozen_encoder():
-    """LoRA keys, count (as the official q/v LoRA: 12 x 12,288 = 147,456 on ViT-B), freezing, and W + BA equivalence."""
+def test_msam_lora_is_rank_4_on_q_and_v_with_unit_scaling_and_frozen_encoder():
+    """LoRA keys, count (the official q/v LoRA: 12 x 12,288 = 147,456 on ViT-B), freezing, W + BA equivalence, and
+    k never adapted: the masked entries of B stay zero through AdamW steps with weight decay."""
+    from promptsam.models.adapters import lora_part_mask
+
     with torch.device("meta"):
         full = MSam(Sam3D(ImageEncoderViT3D(), PromptEncoder3D(), MaskDecoder3D()))
     lora = {n: p for n, p in full.named_parameters() if "lora_" in n}
-    assert sum(p.numel() for p in lora.values()) == 147_456 == 12 * 2 * (4 * 768 + 768 * 4)
-    assert lora["sam.image_encoder.blocks.0.attn.qkv.lora_A.default.weight"].shape == (4, 768)
-    assert lora["sam.image_encoder.blocks.0.attn.qkv.lora_B.default.weight"].shape == (2304, 4)
+    a = lora["sam.image_encoder.blocks.0.attn.qkv.lora_A.default.weight"]
+    b = lora["sam.image_encoder.blocks.0.attn.qkv.lora_B.default.weight"]
+    assert a.shape == (8, 768) and b.shape == (2304, 8)  # [A_q; A_v] and B with B_q, B_v blocks
+    effective = a.numel() + int(lora_part_mask(2304, "qv", 4).sum())
+    assert 12 * effective == 147_456 == 12 * 2 * (4 * 768 + 768 * 4)
     trainable = {n for n, p in full.named_parameters() if p.requires_grad}
     assert all("lora_" in n for n in trainable if n.startswith("sam.image_encoder."))
-    assert sum(full.get_parameter(n).numel() for n in trainable) == 7_575_636 + 8_668 + 17_145_024 + 147_456
+    frozen_zeros = 12 * (b.numel() - int(lora_part_mask(2304, "qv", 4).sum()))
+    assert sum(full.get_parameter(n).numel() for n in trainable) - frozen_zeros == (
+        7_575_636 + 8_668 + 17_145_024 + 147_456)
 
     base = randomize_(small_sam3d().eval(), seed=31)
     merged = small_sam3d().eval()
     merged.load_state_dict(base.state_dict())
     msam = MSam(base).eval()
     gen = torch.Generator().manual_seed(32)
+    params = [p for n, p in msam.named_parameters() if "lora_" in n]
     with torch.no_grad():
-        for name, param in msam.named_parameters():
-            if "lora_" in name:
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.05)
+        for param in params:
+            param.copy_(torch.randn(param.shape, generator=gen) * 0.05)
+        for qkv in (blk.attn.qkv for blk in msam.sam.image_encoder.blocks):  # B as an official pair would be
+            qkv.lora_B["default"].weight.mul_(lora_part_mask(qkv.out_features, "qv", 4))
+    optimizer = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1)
+    for _ in range(2):
+        msam.embed(torch.randn(1, 1, 32, 32, 32, generator=gen)).square().mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    with torch.no_grad():
         for i, block in enumerate(merged.image_encoder.blocks):
             qkv = msam.sam.image_encoder.blocks[i].attn.qkv
             delta = qkv.lora_B["default"].weight @ qkv.lora_A["default"].weight
+            d = delta.shape[0] // 3
+            assert not delta[d : 2 * d].any() and delta[:d].any() and delta[2 * d :].any()  # q and v, never k
+            lora_a = qkv.lora_A["default"].weight
+            assert torch.allclose(delta[:d], qkv.lora_B["default"].weight[:d, :4] @ lora_a[:4])  # B_q A_q
             block.attn.qkv.weight += delta * qkv.scaling["default"]
         assert all(qkv.scaling["default"] == 1.0 for qkv in (b.attn.qkv for b in msam.sam.image_encoder.blocks))
         x = torch.randn(2, 1, 32, 32, 32, generator=gen)

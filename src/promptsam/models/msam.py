@@ -21,14 +21,12 @@ from promptsam.models.sam3d.sam3d import Sam3D
 
 
 class MSam(nn.Module):
-    """SAM-Med3D + LoRA (rank `lora_rank`) on the encoder's attention + MEA fusion before the mask decoder.
+    """SAM-Med3D + LoRA (rank `lora_rank`) on q and v of the encoder's attention + MEA fusion before the mask decoder.
 
-    LoRA deviation from the official code: M-SAM adds separate rank-4 updates to q and v only of each block's fused
-    `qkv` Linear (`q += B_q A_q x`, `v += B_v A_v x`). peft adapts whole Linear modules, so here one rank-4 update
-    covers q, k and v of `qkv` (A 4x768, B 2304x4). Both have exactly 147,456 LoRA parameters (12 x 12,288) and the same
-    initialisation (A Kaiming-uniform a=sqrt(5), B zero, scaling 1, no dropout), but the function class differs: one A
-    is shared by q, k and v, and k is adapted too. The rest of the encoder is frozen; prompt encoder, decoder and MEA
-    train, as in the official optimiser.
+    LoRA as in the official code: each block's fused `qkv` Linear gets `q += B_q A_q x` and `v += B_v A_v x` (rank 4,
+    A Kaiming-uniform a=sqrt(5), B zero, scaling 1, no dropout; 12 x 12,288 = 147,456 parameters on ViT-B), through
+    peft as one rank-8 LoRA whose B is held block-diagonal (`adapters.add_lora(parts="qv")`). The rest of the encoder
+    is frozen; prompt encoder, decoder and MEA train, as in the official optimiser.
     """
 
     def __init__(self, sam: Sam3D, *, lora_rank: int = 4, adapter: MaskEnhancedAdapter | None = None,
@@ -42,7 +40,7 @@ class MSam(nn.Module):
             stride = sam.volume_size // (4 * sam.prompt_encoder.image_embedding_size[0])
             self.detail = DetailEncoder3D(sam.mask_decoder.transformer_dim // 8, stride=stride)
         if lora_rank > 0:  # 0: no adapters (a from-scratch encoder trains whole)
-            add_lora(sam.image_encoder, rank=lora_rank, targets=("qkv",))
+            add_lora(sam.image_encoder, rank=lora_rank, targets=("qkv",), parts="qv")
         self.mea = adapter if adapter is not None else MaskEnhancedAdapter()
 
     @property

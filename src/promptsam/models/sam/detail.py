@@ -16,6 +16,20 @@ from torch import nn
 from promptsam.models.sam.common import LayerNorm2d
 
 
+def mixing_layers(conv: type[nn.Module], width: int) -> list[nn.Module]:
+    """Norm, then two 3x3 (or 3x3x3 with nn.Conv3d) convolutions of `width` channels, each followed by GELU."""
+    return [LayerNorm2d(width), nn.GELU(), conv(width, width, 3, padding=1), nn.GELU(),
+            conv(width, width, 3, padding=1), nn.GELU()]
+
+
+def zero_projection(conv: type[nn.Module], width: int, channels: int) -> nn.Module:
+    """A 1x1 convolution that starts at zero, so an untrained branch adds nothing."""
+    out = conv(width, channels, 1)
+    nn.init.zeros_(out.weight)
+    nn.init.zeros_(out.bias)
+    return out
+
+
 class DetailEncoder(nn.Module):
     """Normalised (B, 3, s, s) images -> (B, s/4, s/4, channels) features, channels-last like the upscaled embedding."""
 
@@ -25,16 +39,9 @@ class DetailEncoder(nn.Module):
             nn.Conv2d(3, width // 2, 3, stride=2, padding=1),
             nn.GELU(),
             nn.Conv2d(width // 2, width, 3, stride=2, padding=1),
-            LayerNorm2d(width),
-            nn.GELU(),
-            nn.Conv2d(width, width, 3, padding=1),
-            nn.GELU(),
-            nn.Conv2d(width, width, 3, padding=1),
-            nn.GELU(),
+            *mixing_layers(nn.Conv2d, width),
         )
-        self.out = nn.Conv2d(width, channels, 1)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        self.out = zero_projection(nn.Conv2d, width, channels)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.out(self.stem(images)).permute(0, 2, 3, 1)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from promptsam.models.sam3d.common import LayerNorm3d
+from promptsam.models.sam.detail import mixing_layers, zero_projection
 
 
 class DetailEncoder3D(nn.Module):
@@ -36,17 +36,8 @@ class DetailEncoder3D(nn.Module):
                                  padding=1), nn.GELU()]
         self.stem = nn.Sequential(*layers[:-1]) if steps else nn.Conv3d(1, width, 3, padding=1)
         self.prompt = nn.Conv3d(1, width, 3, padding=1)
-        self.mix = nn.Sequential(
-            LayerNorm3d(width),
-            nn.GELU(),
-            nn.Conv3d(width, width, 3, padding=1),
-            nn.GELU(),
-            nn.Conv3d(width, width, 3, padding=1),
-            nn.GELU(),
-        )
-        self.out = nn.Conv3d(width, channels, 1)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        self.mix = nn.Sequential(*mixing_layers(nn.Conv3d, width))
+        self.out = zero_projection(nn.Conv3d, width, channels)
 
     def encode(self, volumes: torch.Tensor) -> torch.Tensor:
         """Volume features (B, width, S/r, S/r, S/r) on the low-res grid, computed once per volume."""

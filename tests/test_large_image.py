@@ -184,3 +184,24 @@ def test_segment_cli_in_blocks_writes_consistent_outputs(tmp_path, shared_data, 
                  "--device", "cpu", "--workers", "2"])
     assert code == 0, capsys.readouterr().err
     assert score_instances(labels, read_labels(tmp_path / "workers" / "tissue.labels.tif"))["pq"] > 0.95
+
+
+def test_openslide_reader_matches_the_tiff_reader(tmp_path):
+    """The OpenSlide path (.ndpi, .mrxs, ... in practice) on a generic tiled TIFF, which OpenSlide also reads."""
+    pytest.importorskip("openslide")
+    from promptsam.io.slides import OpenSlideSlide
+
+    image = _disc_image((600, 500))
+    path = tmp_path / "slide.tif"
+    tifffile.imwrite(path, image, tile=(128, 128), compression="zlib", photometric="rgb")
+    with OpenSlideSlide(path) as slide, open_slide(path) as tiff:
+        assert slide.shape == tiff.shape == (600, 500) and slide.channels == 3
+        np.testing.assert_array_equal(slide.read(100, 200, 150, 130), image[100:250, 200:330])
+        np.testing.assert_array_equal(slide.read(550, 450, 100, 100), tiff.read(550, 450, 100, 100))
+        thumb, factor = slide.thumbnail(max_side=128)
+        assert max(thumb.shape[:2]) <= 128 and thumb.shape[2] == 3 and factor == pytest.approx(600 / thumb.shape[0])
+        result = segment_slide(ThresholdModel(), slide, block=128, halo=24, tissue=False)
+    whole = ThresholdModel().segment(image).labels
+    assert _same_partition(whole, result.labels)
+    with pytest.raises(InputError, match="unreadable slide"):
+        OpenSlideSlide(tmp_path / "missing.ndpi")

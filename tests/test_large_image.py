@@ -110,6 +110,37 @@ def test_blocks_run_on_a_dask_cluster_give_the_same_result():
     np.testing.assert_array_equal(here.labels, there.labels)
 
 
+def test_an_interrupted_run_resumes_from_its_finished_blocks(tmp_path):
+    from promptsam.inference.large_image import BlockCache
+
+    class Flaky(ThresholdModel):
+        """Fails on its fourth block, like a run killed half-way; counts the blocks it segments."""
+
+        def __init__(self, fail_at=None):
+            self.calls, self.fail_at = 0, fail_at
+
+        def segment(self, image, **kw):
+            self.calls += 1
+            if self.calls == self.fail_at:
+                raise KeyboardInterrupt
+            return super().segment(image, **kw)
+
+    image = _disc_image()
+    whole = segment_slide(ThresholdModel(), ArraySlide(image), block=128, halo=24, tissue=False)
+    manifest = {"image": "discs", "block": 128}
+    with pytest.raises(KeyboardInterrupt):
+        segment_slide(Flaky(fail_at=4), ArraySlide(image), block=128, halo=24, tissue=False,
+                      cache=BlockCache(tmp_path / "blocks", manifest))
+    cache = BlockCache(tmp_path / "blocks", manifest)
+    assert len(cache) == 3
+    again = Flaky()
+    resumed = segment_slide(again, ArraySlide(image), block=128, halo=24, tissue=False, cache=cache)
+    assert again.calls == len(whole.blocks) - 3
+    np.testing.assert_array_equal(resumed.labels, whole.labels)
+    np.testing.assert_array_equal(resumed.points, whole.points)
+    assert len(BlockCache(tmp_path / "blocks", {**manifest, "block": 256})) == 0  # another run: not mixed in
+
+
 def test_blocks_without_tissue_are_skipped():
     image = np.full((512, 512, 3), 245, np.uint8)
     image[40:120, 40:120] = _disc_image((80, 80), n=6, seed=1)

@@ -193,17 +193,31 @@ def write_slide_outputs(out: Path, name: str, result, labels_path: Path, classes
 
 
 def _segment_slide(model, path: Path, slide, out: Path, args: argparse.Namespace) -> str:
-    """Block-wise segmentation of a large image into memory-mapped maps beside the outputs (removed afterwards)."""
+    """Block-wise segmentation of a large image into memory-mapped maps beside the outputs (removed afterwards).
+
+    Finished blocks are kept in `OUT/.<stem>.blocks/` until the outputs are written, so running the same command
+    again after an interruption segments only the blocks still missing.
+    """
+    import shutil
     import tempfile
 
     import numpy as np
     from tqdm import tqdm
 
-    from promptsam.inference.large_image import segment_slide
+    from promptsam.inference.large_image import BlockCache, segment_slide
 
     out.mkdir(parents=True, exist_ok=True)
     h, w = slide.shape
     typed = model.config.prompter.num_classes > 1
+    block, halo = args.block_size or DEFAULT_BLOCK, DEFAULT_HALO if args.halo is None else args.halo
+    model_file = Path(args.model)
+    manifest = {"image": str(path.resolve()), "bytes": path.stat().st_size, "mtime": path.stat().st_mtime_ns,
+                "shape": list(slide.shape), "block": block, "halo": halo, "fast": args.fast,
+                "tissue": not args.all_blocks, "model": args.model, "precision": args.precision,
+                "model_mtime": model_file.stat().st_mtime_ns if model_file.is_file() else None}
+    cache = BlockCache(out / f".{stem(path)}.blocks", manifest)
+    if len(cache):
+        print(f"{path}: resuming, {len(cache)} blocks already done", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix=f".{stem(path)}.", dir=out) as tmp:
         labels_path = Path(tmp) / "labels.npy"
         labels = np.lib.format.open_memmap(labels_path, mode="w+", dtype=np.uint32, shape=(h, w))
@@ -211,16 +225,16 @@ def _segment_slide(model, path: Path, slide, out: Path, args: argparse.Namespace
         classes = (np.lib.format.open_memmap(classes_path, mode="w+", dtype=np.uint8, shape=(h, w))
                    if typed else None)
         result = segment_slide(
-            model, slide, block=args.block_size or DEFAULT_BLOCK,
-            halo=DEFAULT_HALO if args.halo is None else args.halo, fast=args.fast, tissue=not args.all_blocks,
+            model, slide, block=block, halo=halo, fast=args.fast, tissue=not args.all_blocks,
             labels=labels, classes=classes,
             progress=lambda it: tqdm(it, desc=path.name, unit="block", disable=not sys.stderr.isatty()),
-            executor=args.executor, worker_model=None if args.precision else args.model)
+            executor=args.executor, worker_model=None if args.precision else args.model, cache=cache)
         write_slide_outputs(out, stem(path), result, labels_path, classes_path,
                             geojson=not args.no_geojson, overlay=not args.no_overlay)
-        summary = (f"{result.count} nuclei in {len(result.blocks)} blocks of {args.block_size or DEFAULT_BLOCK} px "
+        summary = (f"{result.count} nuclei in {len(result.blocks)} blocks of {block} px "
                    f"({result.skipped} without tissue skipped), median magnification {result.scale:.2f}")
         del labels, classes, result  # release the memory maps before their folder is removed
+    shutil.rmtree(cache.folder)  # the outputs are complete: the finished blocks are no longer needed
     return summary
 
 

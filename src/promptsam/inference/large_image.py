@@ -20,12 +20,14 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
 from promptsam.errors import PromptSAMError
+from promptsam.io.atomic import atomic_path
 from promptsam.io.slides import Slide
 
 DEFAULT_BLOCK = 1024  # core side, level-0 pixels: ~1.3x the pixels of a 1000x1000 image with the default halo
@@ -218,6 +220,51 @@ def _in_order(executor: Executor, tasks: Iterable[tuple], pending: int) -> Itera
         yield queue.popleft().result()
 
 
+class BlockCache:
+    """Finished blocks of one slide run on disk (one .npz each), so an interrupted run resumes where it stopped.
+
+    The folder holds a manifest of what defines the run (image shape, block plan, model, options); a folder written
+    by a different run is emptied first, never mixed in.
+    """
+
+    def __init__(self, folder: str | os.PathLike, manifest: dict[str, Any]) -> None:
+        import json
+        import shutil
+
+        self.folder = Path(folder)
+        text = json.dumps(manifest, sort_keys=True, default=str)
+        stamp = self.folder / "manifest.json"
+        if self.folder.is_dir() and (not stamp.is_file() or stamp.read_text() != text):
+            shutil.rmtree(self.folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if not stamp.is_file():
+            with atomic_path(stamp) as tmp:
+                tmp.write_text(text)
+
+    def _file(self, index: int) -> Path:
+        return self.folder / f"block_{index:06d}.npz"
+
+    def __contains__(self, index: int) -> bool:
+        return self._file(index).is_file()
+
+    def __len__(self) -> int:
+        return len(list(self.folder.glob("block_*.npz")))
+
+    def load(self, index: int) -> BlockResult:
+        with np.load(self._file(index)) as data:
+            return BlockResult(labels=data["labels"], classes=data["classes"] if "classes" in data else None,
+                               points=data["points"], point_classes=data["point_classes"], scores=data["scores"],
+                               scale=float(data["scale"]))
+
+    def save(self, index: int, result: BlockResult) -> None:
+        arrays = {"labels": result.labels, "points": result.points, "point_classes": result.point_classes,
+                  "scores": result.scores, "scale": np.float64(result.scale)}
+        if result.classes is not None:
+            arrays["classes"] = result.classes
+        with atomic_path(self._file(index)) as tmp, tmp.open("wb") as fh:
+            np.savez_compressed(fh, **arrays)
+
+
 class _Counted:
     """An iterator with a length, so progress bars know the total."""
 
@@ -246,6 +293,7 @@ def segment_slide(
     executor: Executor | None = None,
     worker_model: str | None = None,
     pending: int = 8,
+    cache: BlockCache | None = None,
 ) -> SlideSegmentation:
     """Segment every nucleus of a `Slide` block by block with a PromptNucSeg model (see the module docstring).
 
@@ -255,7 +303,8 @@ def segment_slide(
     (e.g. tqdm). With an `executor` (`concurrent.futures` process pool, or `dask.distributed.Client.get_executor()`
     for many machines) the blocks read here are segmented there, at most `pending` ahead, and written here in order,
     so the result is the same as without; workers load `worker_model` (a model name or path) once each, or get the
-    model object with every block when it is None.
+    model object with every block when it is None. With a `cache`, finished blocks are kept there and blocks it
+    already holds are not segmented again (resuming an interrupted run gives the same result).
     """
     h, w = slide.shape
     if labels is None:
@@ -272,13 +321,26 @@ def segment_slide(
         ry0, rx0, ry1, rx1 = b.region
         return slide.read(ry0, rx0, ry1 - ry0, rx1 - rx0)
 
+    index = {b: i for i, b in enumerate(planned)}
+    missing = [b for b in todo if cache is None or index[b] not in cache]
     if executor is None:
-        results: Iterator[BlockResult] = (segment_block(model, pixels(b), b, window=window, fast=fast, scale=scale)
-                                          for b in todo)
+        computed: Iterator[BlockResult] = (segment_block(model, pixels(b), b, window=window, fast=fast, scale=scale)
+                                           for b in missing)
     else:
-        tasks = ((worker_model or model, pixels(b), b, window, fast, scale) for b in todo)
-        results = _in_order(executor, tasks, max(1, pending))
-    finished = _Counted(iter(results), len(todo))
+        tasks = ((worker_model or model, pixels(b), b, window, fast, scale) for b in missing)
+        computed = _in_order(executor, tasks, max(1, pending))
+
+    def results() -> Iterator[BlockResult]:
+        for b in todo:
+            if cache is not None and index[b] in cache:
+                yield cache.load(index[b])
+                continue
+            part = next(computed)
+            if cache is not None:
+                cache.save(index[b], part)
+            yield part
+
+    finished = _Counted(results(), len(todo))
     points, point_classes, scores, magnifications, done = [], [], [], [], []
     next_id = 1
     for b, part in zip(todo, progress(finished) if progress else finished, strict=True):
@@ -343,5 +405,5 @@ def block_measurements(result: SlideSegmentation) -> Iterator[dict[str, Any]]:
     return _per_block(result, measure_instances)
 
 
-__all__ = ["Block", "BlockResult", "SlideSegmentation", "block_executor", "block_features", "block_measurements",
-           "plan_blocks", "segment_block", "segment_slide", "tissue_mask"]
+__all__ = ["Block", "BlockCache", "BlockResult", "SlideSegmentation", "block_executor", "block_features",
+           "block_measurements", "plan_blocks", "segment_block", "segment_slide", "tissue_mask"]

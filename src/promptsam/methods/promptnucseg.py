@@ -85,6 +85,7 @@ class SegmentorConfig:
     focal_weight: float = 20.0
     peft: str | None = None  # None = full fine-tuning (paper); "lora" = LoRA on the encoder's attention
     lora_rank: int = 4
+    lora_parts: str | None = None  # None: one LoRA on the fused qkv; "qv": q and v only, each its own pair (SAC, SAMed)
     batch_size: int = 4
     lr: float = 1e-4
     weight_decay: float = 1e-4
@@ -165,7 +166,7 @@ def build_segmentor(cfg: SegmentorConfig) -> nn.Module:
     if cfg.detail:
         sam.detail = DetailEncoder(channels=sam.mask_decoder.transformer_dim // 8)
     if cfg.peft == "lora":
-        add_lora(sam.image_encoder, rank=cfg.lora_rank)
+        add_lora(sam.image_encoder, rank=cfg.lora_rank, parts=cfg.lora_parts)
     elif cfg.peft is not None:
         raise ValueError(f"unknown peft method {cfg.peft!r}; use 'lora' or none")
     return sam

@@ -16,11 +16,11 @@ def add_lora(encoder: nn.Module, *, rank: int = 4, alpha: float | None = None,
     freeze every other encoder weight; returns the encoder, changed in place.
 
     Without `parts`, each fused `qkv` projection gets one low-rank update for q, k and v together. `parts="qv"` adapts
-    only q and v, each with its own pair, `q += B_q A_q x`, `v += B_v A_v x` (SAMed, M-SAM, SAC), on projections whose
-    output is laid out as [q | k | v] blocks (SAM's ViT, SAM-Med3D; not TinyViT, which interleaves them per head).
-    peft adapts whole Linear modules, so this is one peft LoRA of rank `rank * len(parts)` whose B is held
-    block-diagonal: B starts at zero and the gradient of every other entry is masked, so they stay exactly zero
-    under any optimiser (AdamW's weight decay included) and the function class is the official one.
+    only q and v, each with its own pair, `q += B_q A_q x`, `v += B_v A_v x` (SAMed, M-SAM, SAC). peft adapts whole
+    Linear modules, so this is one peft LoRA of rank `rank * len(parts)` whose B is held block-diagonal: B starts at
+    zero and the gradient of every other entry is masked, so they stay exactly zero under any optimiser (AdamW's
+    weight decay included) and the function class is the official one. The rows of q, k and v follow the attention
+    module: [q | k | v] blocks (SAM's ViT, SAM-Med3D), or per head when it sets `qkv_per_head` (TinyViT).
     """
     from peft import LoraConfig, inject_adapter_in_model
 
@@ -37,25 +37,32 @@ def add_lora(encoder: nn.Module, *, rank: int = 4, alpha: float | None = None,
         param.requires_grad_("lora_" in name)
     if parts is not None:
         for module in encoder.modules():
-            if hasattr(module, "lora_B") and "default" in module.lora_B:
-                _hold_block_diagonal(module.lora_B["default"].weight, parts, rank)
+            qkv = getattr(module, "qkv", None)
+            if hasattr(qkv, "lora_B") and "default" in qkv.lora_B:
+                groups = module.num_heads if getattr(module, "qkv_per_head", False) else 1
+                _hold_block_diagonal(qkv.lora_B["default"].weight, parts, rank, groups)
     return encoder
 
 
-def lora_part_mask(out_features: int, parts: str, rank: int) -> torch.Tensor:
-    """(out_features, rank * len(parts)) 0/1 mask of the entries of B that update q, k or v through their own A rows."""
-    if out_features % 3:
-        raise ValueError(f"a fused qkv projection has 3 x d outputs, got {out_features}")
-    d = out_features // 3
+def lora_part_mask(out_features: int, parts: str, rank: int, groups: int = 1) -> torch.Tensor:
+    """(out_features, rank * len(parts)) 0/1 mask of the entries of B that update q, k or v through their own A rows.
+
+    The outputs are `groups` consecutive [q | k | v] blocks (1 for SAM's ViT; the number of heads for TinyViT).
+    """
+    if out_features % (3 * groups):
+        raise ValueError(f"a fused qkv projection has 3 x d outputs per group, got {out_features} for {groups}")
+    g = out_features // groups
+    d = g // 3
     mask = torch.zeros(out_features, rank * len(parts))
     for j, part in enumerate(parts):
         i = QKV.index(part)
-        mask[i * d : (i + 1) * d, j * rank : (j + 1) * rank] = 1
+        for start in range(0, out_features, g):
+            mask[start + i * d : start + (i + 1) * d, j * rank : (j + 1) * rank] = 1
     return mask
 
 
-def _hold_block_diagonal(weight: nn.Parameter, parts: str, rank: int) -> None:
-    mask = lora_part_mask(weight.shape[0], parts, rank).to(weight.device, weight.dtype)
+def _hold_block_diagonal(weight: nn.Parameter, parts: str, rank: int, groups: int) -> None:
+    mask = lora_part_mask(weight.shape[0], parts, rank, groups).to(weight.device, weight.dtype)
     with torch.no_grad():
         weight.mul_(mask)
     weight.register_hook(lambda grad: grad * mask.to(grad.device, grad.dtype))

@@ -187,6 +187,8 @@ def window_view(x: torch.Tensor, rows: slice, cols: slice, size: tuple[int, int]
 class Attention(nn.Module):
     """Pre-LayerNorm multi-head self-attention in windows of a token grid, with a learned relative-position bias."""
 
+    qkv_per_head = True  # qkv outputs are (q, k, v) blocks per head (models.adapters.add_lora reads this)
+
     def __init__(self, dim: int, num_heads: int, window_size: int) -> None:
         super().__init__()
         self.num_heads = num_heads

@@ -19,11 +19,8 @@
 # Phases 2-3 are counted in epochs (64 steps) because the shipped run was stopped and resumed there; the speed of a
 # step changed during phase 3 (the faster mask decoder landed), so minutes would not reproduce it.
 set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bash "$root/scripts/env.sh"
-py="${PROMPTSAM_VENV:-$root/.venv}/bin"
+source "$(dirname "${BASH_SOURCE[0]}")/train_env.sh"  # root, py, data
 run="${1:-$root/runs/default}"
-data="$root/../shared/data"
 common=(--data "$data/monuseg" --data "$data/dsb2018" --data "$data/consep" --preset promptnucseg_cpu
         --threads 1 --set training.samples_per_epoch=128 --no-progress)
 train() { OMP_NUM_THREADS=1 "$py/promptsam" train promptnucseg "${common[@]}" "$@"; }

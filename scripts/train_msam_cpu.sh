@@ -7,11 +7,8 @@
 #      55 min (~1,000 steps), taking the detector of stage 1 (`--detector-from`).
 # Then the benchmark (Dice after 1-10 simulated clicks and in automatic mode, beside the detector and the floor).
 set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bash "$root/scripts/env.sh"
-py="${PROMPTSAM_VENV:-$root/.venv}/bin"
+source "$(dirname "${BASH_SOURCE[0]}")/train_env.sh"  # root, py, data
 run="${1:-$root/runs/msam_cpu}"
-data="$root/../shared/data"
 train() { OMP_NUM_THREADS=1 "$py/promptsam" train msam --data "$data/ms_lesion_3d" --data "$data/brats2021_edema_3d" \
     --preset msam_cpu --threads 1 --no-progress "$@"; }
 

@@ -117,6 +117,39 @@ def test_automatic_mode_starts_from_the_detectors_mask(monkeypatch):
     assert np.isclose(float(model.detector_prompt(np.full((128,) * 3, 0.5, np.float32)).mean()), LOGIT_THRESHOLD)
 
 
+def test_training_can_start_from_a_detector_like_prompt(monkeypatch):
+    """[A] `clicks.detector_prompt_share`: some training regions start from a simulated detector map, as automatic
+    mode does; the map covers ground-truth lesions only and drops small ones."""
+    import promptsam.methods.msam as msam
+    from promptsam.inference.clicks import LOGIT_THRESHOLD
+
+    cfg = load_config("msam_cpu", {**TINY, "clicks.detector_prompt_share": 1.0, "clicks.train_rounds": 1})
+    model = MSAM(cfg)
+    label = np.zeros((128,) * 3, bool)
+    label[30:50, 30:50, 30:50] = True  # a large lesion
+    label[100, 100, 100] = True  # a one-voxel lesion
+    rng = np.random.default_rng(0)
+    prompts = [model.detector_like_prompt(label, rng) for _ in range(8)]
+    assert all(p.shape == (1, 1, 32, 32, 32) for p in prompts)
+    on = [(p[0, 0] > LOGIT_THRESHOLD).numpy() for p in prompts]
+    assert all(not o[22:, 22:, 22:].any() for o in on)  # the one-voxel lesion never shows
+    assert all(not o[:6].any() and not o[14:22].any() for o in on)  # nothing outside the large lesion (+ blur)
+    assert any(o[10, 10, 10] for o in on)  # the large lesion is there when kept
+    seen = []
+    refine = model.refine
+
+    def spy(*args, mask_prompt=None, **kwargs):
+        seen.append(mask_prompt)
+        return refine(*args, mask_prompt=mask_prompt, **kwargs)
+
+    monkeypatch.setattr(model, "refine", spy)
+    task = msam.SegmentorTask(cfg, model)
+    task.log_dict = lambda *a, **k: None
+    image = torch.randn(1, 1, 128, 128, 128)
+    task.training_step({"image": image, "label": torch.from_numpy(label)[None, None]}, 0)
+    assert seen and seen[0] is not None and seen[0].shape == (1, 1, 32, 32, 32)
+
+
 def test_per_lesion_training_scores_rounds_against_the_clicked_lesions(monkeypatch):
     """[A] `clicks.target: lesion` trains each round on the lesions clicked so far; evaluation keeps the binary GT."""
     import promptsam.methods.msam as msam

@@ -113,6 +113,9 @@ class ClickConfig:
     # training target: "all" the whole mask (paper); "lesion" [A] the union of the GT's 26-connected components hit
     # by the positive clicks so far, the first click on a uniformly drawn lesion. Evaluation is the paper's.
     target: str = "all"
+    # [A] share of training regions whose first mask prompt is a simulated detector map (`detector_like_prompt`) instead
+    # of zeros, so M-SAM learns to refine the map the automatic mode gives it; 0 = the paper
+    detector_prompt_share: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -256,6 +259,16 @@ class MSAM(nn.Module):
         p = F.adaptive_max_pool3d(p, self.network.low_res_size).clamp(1e-3, 1 - 1e-3)
         shift = LOGIT_THRESHOLD - float(np.log(self.config.detector.threshold / (1 - self.config.detector.threshold)))
         return (torch.logit(p) + shift).to(self.device)
+
+    def detector_like_prompt(self, label: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        """[A] A detector-like first mask prompt (1, 1, s, s, s) from a region's ground truth (S, S, S) for training.
+
+        Each lesion (26-connected) is kept with probability 0.7 and the kept ones are blurred (sigma 0.5-2 voxels),
+        so small lesions fade below the threshold as they do in the detector's map; then `detector_prompt`.
+        """
+        components, n = ndimage.label(label, structure=np.ones((3, 3, 3), bool))
+        kept = np.isin(components, 1 + np.flatnonzero(rng.random(n) < 0.7)).astype(np.float32)
+        return self.detector_prompt(ndimage.gaussian_filter(kept, sigma=rng.uniform(0.5, 2.0)))
 
     def _regions(self, lesions: np.ndarray) -> list[tuple[float, float, float]]:
         """Centres of 128³ regions covering every component of a lesion mask (greedy, largest first)."""
@@ -507,6 +520,7 @@ class SegmentorTask(_Task):
                 p.requires_grad_("lora_" in name)
         self.loss = dice_ce_loss()
         self.generator = torch.Generator().manual_seed(config.training.seed)
+        self.rng = np.random.default_rng(config.training.seed)
         if config.clicks.target not in ("all", "lesion"):
             raise ValueError(f"clicks.target must be 'all' or 'lesion', got {config.clicks.target!r}")
 
@@ -529,8 +543,12 @@ class SegmentorTask(_Task):
         components, clicks, target = None, [], label
         if self.config.clicks.target == "lesion":  # [A] first click on a random lesion; targets: the lesions clicked
             components = lesion_components(label[:, 0]).to(label.device)
+        prompt = None
+        if self.rng.random() < self.config.clicks.detector_prompt_share:  # [A] as the automatic mode starts
+            prompt = torch.cat([self.model.detector_like_prompt(item.cpu().numpy(), self.rng) for item in label[:, 0]])
         logits = self.model.refine(batch["image"], label[:, 0], rounds=self.config.clicks.train_rounds,
-                                   generator=self.generator, components=components, record=clicks)
+                                   generator=self.generator, components=components, record=clicks,
+                                   mask_prompt=prompt)
         if self.config.clicks.target == "lesion":
             target = [t[:, None].to(label.device) for t in clicked_lesions(components, clicks)]
         loss = click_rounds_loss(logits, target, rounds=self.config.clicks.loss_rounds, loss=self.loss)

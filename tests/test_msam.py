@@ -121,7 +121,7 @@ def test_training_can_start_from_a_detector_like_prompt(monkeypatch):
     """[A] `clicks.detector_prompt_share`: some training regions start from a simulated detector map, as automatic
     mode does; the map covers ground-truth lesions only and drops small ones."""
     import promptsam.methods.msam as msam
-    from promptsam.inference.clicks import LOGIT_THRESHOLD
+    from promptsam.inference.clicks import LOGIT_THRESHOLD, lesion_components
 
     cfg = load_config("msam_cpu", {**TINY, "clicks.detector_prompt_share": 1.0, "clicks.train_rounds": 1})
     model = MSAM(cfg)
@@ -129,7 +129,8 @@ def test_training_can_start_from_a_detector_like_prompt(monkeypatch):
     label[30:50, 30:50, 30:50] = True  # a large lesion
     label[100, 100, 100] = True  # a one-voxel lesion
     rng = np.random.default_rng(0)
-    prompts = [model.detector_like_prompt(label, rng) for _ in range(8)]
+    components = lesion_components(torch.from_numpy(label)[None])[0].numpy()
+    prompts = [model.detector_like_prompt(components, rng) for _ in range(8)]
     assert all(p.shape == (1, 1, 32, 32, 32) for p in prompts)
     on = [(p[0, 0] > LOGIT_THRESHOLD).numpy() for p in prompts]
     assert all(not o[22:, 22:, 22:].any() for o in on)  # the one-voxel lesion never shows

@@ -50,7 +50,7 @@ def segment_slide(slide: str | os.PathLike | np.ndarray, model: str = "default",
 
     with open_slide(slide) as source, block_executor(workers=workers, scheduler=scheduler) as executor:
         return run(_cached(model, device), source, block=block, halo=halo, fast=fast, tissue=tissue,
-                   executor=executor, worker_model=str(model) if executor is not None else None)
+                   executor=executor, worker_model=str(model))
 
 
 __all__ = ["__version__", "load_model", "segment", "segment_slide"]

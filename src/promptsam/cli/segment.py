@@ -15,7 +15,6 @@ from promptsam.errors import PromptSAMError
 # what io.images reads whole, then the slide formats of io.slides (OpenSlide's last); compound suffixes first for `stem`
 IMAGE_SUFFIXES = (".ome.tiff", ".ome.tif", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".btf", ".tf8", ".svs",
                   ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide")
-TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8")
 LARGE_PIXELS = 4096 * 4096  # images above this are segmented in blocks (memory), like whole-slide images
 DEFAULT_BLOCK, DEFAULT_HALO = 1024, 64  # as inference.large_image (not imported here: the CLI starts fast)
 VOLUME_SUFFIXES = (".nii.gz", ".nii")
@@ -147,6 +146,8 @@ def _segment_volume(model, path: Path, out: Path, args: argparse.Namespace) -> s
 def _big_tiff(path: Path) -> bool:
     """Whether a TIFF's first image holds more than LARGE_PIXELS pixels (read from its header only)."""
     import tifffile
+
+    from promptsam.io.images import TIFF_SUFFIXES
 
     if path.suffix.lower() not in TIFF_SUFFIXES:
         return False

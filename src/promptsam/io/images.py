@@ -23,6 +23,7 @@ from promptsam.io.volumes import read_label  # volumes.py never imports this mod
 __all__ = [
     "IMAGE_SUFFIXES",
     "LABEL_SUFFIXES",
+    "TIFF_SUFFIXES",
     "is_volume_path",
     "read_image",
     "read_labels",
@@ -32,7 +33,7 @@ __all__ = [
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".btf", ".tf8")
 LABEL_SUFFIXES = (".tif", ".tiff", ".png", ".nii", ".nii.gz")
 _PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
-_TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8")  # .btf / .tf8: BigTIFF
+TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8")  # .btf / .tf8: BigTIFF
 
 
 def _suffix(path: Path) -> str:
@@ -57,7 +58,7 @@ def _load_raster(path: Path) -> np.ndarray:
     """Load a PNG/JPEG/BMP/TIFF into a numpy array without interpreting channels."""
     suffix = _suffix(path)
     try:
-        if suffix in _TIFF_SUFFIXES:
+        if suffix in TIFF_SUFFIXES:
             import tifffile
 
             return np.asarray(tifffile.imread(path))
@@ -165,7 +166,7 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray) -> Path:
     import tifffile
 
     path = Path(path)
-    if _suffix(path) not in _TIFF_SUFFIXES:
+    if _suffix(path) not in TIFF_SUFFIXES:
         raise InputError(f"{path}: label maps are written as .tif (got {path.name!r})")
     labels = _as_integer_labels(path, np.asarray(labels))
     top = int(labels.max()) if labels.size else 0

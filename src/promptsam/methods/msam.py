@@ -260,13 +260,14 @@ class MSAM(nn.Module):
         shift = LOGIT_THRESHOLD - float(np.log(self.config.detector.threshold / (1 - self.config.detector.threshold)))
         return (torch.logit(p) + shift).to(self.device)
 
-    def detector_like_prompt(self, label: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
-        """[A] A detector-like first mask prompt (1, 1, s, s, s) from a region's ground truth (S, S, S) for training.
+    def detector_like_prompt(self, components: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        """[A] A detector-like first mask prompt (1, 1, s, s, s) from a region's lesions (S, S, S) for training.
 
-        Each lesion (26-connected) is kept with probability 0.7 and the kept ones are blurred (sigma 0.5-2 voxels),
-        so small lesions fade below the threshold as they do in the detector's map; then `detector_prompt`.
+        `components` labels the ground truth's lesions (`clicks.lesion_components`); each is kept with probability 0.7
+        and the kept ones are blurred (sigma 0.5-2 voxels), so small lesions fade below the threshold as they do in
+        the detector's map; then `detector_prompt`.
         """
-        components, n = ndimage.label(label, structure=np.ones((3, 3, 3), bool))
+        n = int(components.max())
         kept = np.isin(components, 1 + np.flatnonzero(rng.random(n) < 0.7)).astype(np.float32)
         return self.detector_prompt(ndimage.gaussian_filter(kept, sigma=rng.uniform(0.5, 2.0)))
 
@@ -545,7 +546,8 @@ class SegmentorTask(_Task):
             components = lesion_components(label[:, 0]).to(label.device)
         prompt = None
         if self.rng.random() < self.config.clicks.detector_prompt_share:  # [A] as the automatic mode starts
-            prompt = torch.cat([self.model.detector_like_prompt(item.cpu().numpy(), self.rng) for item in label[:, 0]])
+            lesions = components if components is not None else lesion_components(label[:, 0])
+            prompt = torch.cat([self.model.detector_like_prompt(item.cpu().numpy(), self.rng) for item in lesions])
         logits = self.model.refine(batch["image"], label[:, 0], rounds=self.config.clicks.train_rounds,
                                    generator=self.generator, components=components, record=clicks,
                                    mask_prompt=prompt)

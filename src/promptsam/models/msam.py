@@ -37,8 +37,8 @@ class MSam(nn.Module):
         # [A] a stride-4 branch reading the volume and the round's mask prompt (sam3d.detail); None = the paper
         self.detail = None
         if detail:
-            stride = sam.volume_size // (4 * sam.prompt_encoder.image_embedding_size[0])
-            self.detail = DetailEncoder3D(sam.mask_decoder.transformer_dim // 8, stride=stride)
+            self.detail = DetailEncoder3D(sam.mask_decoder.transformer_dim // 8,
+                                          stride=sam.volume_size // self.low_res_size)
         if lora_rank > 0:  # 0: no adapters (a from-scratch encoder trains whole)
             add_lora(sam.image_encoder, rank=lora_rank, targets=("qkv",), parts="qv")
         self.mea = adapter if adapter is not None else MaskEnhancedAdapter()

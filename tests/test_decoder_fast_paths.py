@@ -160,11 +160,14 @@ def test_gradients_match_reference(models, shared):
     (ours_params, ours_inputs), (ref_params, ref_inputs) = grads
     used = {k for k in ref_params if not k.startswith("output_hypernetworks_mlps.") or k.split(".")[1] == "0"}
     assert set(ours_params) == used
+    # gradients sum over every prompt and pixel in another order than the reference: fp32 rounding reaches ~2e-4
+    # of the largest entry on some CPUs (a wrong gradient is off by far more)
+    grad_tol = 1e-3
     for key in used:
         scale = ref_params[key].abs().max().clamp(min=1.0)
-        assert (ours_params[key] - ref_params[key]).abs().max() < TOL * scale, key
+        assert (ours_params[key] - ref_params[key]).abs().max() < grad_tol * scale, key
     for a, b in zip(ours_inputs, ref_inputs, strict=True):
-        assert (a - b).abs().max() < TOL * b.abs().max().clamp(min=1.0)
+        assert (a - b).abs().max() < grad_tol * b.abs().max().clamp(min=1.0)
 
 
 @torch.inference_mode()

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from promptsam.data.targets import nucleus_points
-from promptsam.inference.points import decode_points, point_nms
+from promptsam.inference.points import decode_points, point_nms, size_nms
 from promptsam.losses.focal import binary_focal_loss
 from promptsam.losses.prompter import hungarian_match, prompter_loss
 from promptsam.models.prompter import (
@@ -230,6 +230,22 @@ def test_point_nms_matches_brute_force() -> None:
             alive[dist[i] <= 8.0] = False
     assert keep.tolist() == np.flatnonzero(alive).tolist()
     assert point_nms(np.zeros((0, 2)), np.zeros(0), 5.0).size == 0
+
+
+def test_size_nms_drops_second_points_in_large_nuclei_only() -> None:
+    """Radius from the typical nucleus (discs of diameter ~32): a second point 14 px from the first inside one disc
+    goes, the centres of two neighbouring discs 34 px apart stay; with small nuclei the fixed radius rules."""
+    yy, xx = np.mgrid[:120, :200]
+    centres = [(20, 20), (54, 20), (110, 20), (30, 80), (90, 80), (150, 80)]  # (x, y)
+    fg = np.zeros((120, 200), bool)
+    for cx, cy in centres:
+        fg |= (xx - cx) ** 2 + (yy - cy) ** 2 < 16**2
+    pts = np.array(centres + [(124, 20)], np.float64)  # the last one: a second point in the disc at (110, 20)
+    scores = np.array([0.9, 0.8, 0.9, 0.9, 0.9, 0.9, 0.5])
+    assert point_nms(pts, scores, 12.0).tolist() == list(range(7))
+    assert size_nms(pts, scores, fg, radius=12.0, diameters=1.0).tolist() == [0, 1, 2, 3, 4, 5]
+    assert size_nms(pts, scores, fg, radius=12.0, diameters=0.3).tolist() == list(range(7))  # 0.3 x 32 < 12
+    assert size_nms(pts, scores, np.zeros_like(fg), radius=12.0, diameters=1.0).tolist() == list(range(7))
 
 
 def test_nucleus_points_hand_made() -> None:

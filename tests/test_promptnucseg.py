@@ -166,7 +166,7 @@ def train_steps(task, batches, steps: int) -> list[float]:
 
 @pytest.fixture(scope="module")
 def trained(crops):
-    """A PromptNucSeg trained from scratch on the two crops: segmentor 120 steps, prompter 20 steps, on one thread
+    """A PromptNucSeg trained from scratch on the two crops: segmentor 180 steps, prompter 20 steps, on one thread
     (with two, runs in separate processes diverged: validation Dice 0.39-0.62 after the same seeded steps)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -182,7 +182,7 @@ def _train_tiny(crops):
     model = PromptNucSeg(config)
     before = scores(model.eval(), crops)
     collate = SegmentorCollate(num_objects=12, num_negatives=1, seed=0)
-    losses = train_steps(SegmentorTask(config, model.train()), lambda: collate([dict(c) for c in crops]), 120)
+    losses = train_steps(SegmentorTask(config, model.train()), lambda: collate([dict(c) for c in crops]), 180)
     from dataclasses import replace
 
     prompter_config = replace(config, prompter=replace(config.prompter, lr=2e-3))
@@ -442,6 +442,62 @@ def test_detail_branch_starts_as_plain_sam_then_trains(crops):
     low, _ = sam.decode(sam.embed_images(images), points=prompt, image_details=sam.embed_details(images))
     low.sum().backward()
     assert sam.detail.out.weight.grad.abs().sum() > 0
+
+
+def test_duplicate_share_puts_a_negative_inside_the_own_nucleus():
+    """With duplicate_share the chosen objects' negative is a second point inside their own nucleus, away from the
+    positive; without it every negative lies in another nucleus; targets are whole nuclei either way."""
+    labels = np.zeros((96, 96), np.uint16)
+    for i, (y, x) in enumerate([(10, 10), (10, 50), (50, 10), (50, 50), (80, 80)], start=1):
+        labels[y : y + 14, x : x + 14] = i
+    rng = np.random.default_rng(0)
+    own, far = [], []
+    for share in (0.0, 1.0):
+        out = sample_point_prompts(labels, num_objects=5, num_negatives=1, rng=rng, duplicate_share=share)
+        c = out["coords"].astype(int)
+        pos, neg = labels[c[:, 0, 1], c[:, 0, 0]], labels[c[:, 1, 1], c[:, 1, 0]]
+        assert (out["point_labels"][:, 1] == 0).all() and (neg > 0).all()
+        assert all(m.sum() == 14 * 14 and m[y, x] for m, (x, y) in zip(out["masks"], c[:, 0], strict=True))
+        own.append(float((pos == neg).mean()))
+        far.append(float(np.linalg.norm(out["coords"][:, 1] - out["coords"][:, 0], axis=1).min()))
+    assert own == [0.0, 1.0] and far[1] > 2.0
+
+
+def test_point_refiner_starts_at_zero_and_corrects_only_around_the_point():
+    """The per-object refiner (models.sam.detail.PointRefiner) leaves SAM's logits unchanged until trained, changes
+    only its window around each object's positive point, gets gradients, and an earlier run's segmentor without it
+    loads into a run that has it."""
+    from promptsam.methods.promptnucseg import _load_grown
+
+    base = {"segmentor.image_size": 128, "prompter.backbone": "resnet18", "prompter.fpn_channels": 32,
+            "prompter.num_levels": 2, "inference.precision": "fp32", "segmentor.detail": True}
+    torch.manual_seed(0)
+    plain = PromptNucSeg(load_config("promptnucseg_cpu", base)).eval()
+    refined = PromptNucSeg(load_config("promptnucseg_cpu", {**base, "segmentor.refine": True})).eval()
+    _load_grown(refined.segmentor, plain.segmentor.state_dict(), source="test")
+    sam, ref = plain.segmentor, refined.segmentor
+    images = sam.normalize(torch.rand(2, 3, 128, 128) * 255)
+    coords = torch.tensor([[[20.0, 24.0], [60.0, 60.0]], [[100.0, 110.0], [0.0, 0.0]]])
+    labels = torch.tensor([[1, 0], [1, -1]])
+    index = torch.tensor([0, 1])
+    args = dict(points=(coords, labels), image_index=index)
+    a, _ = sam.decode(sam.embed_images(images), image_details=sam.embed_details(images), **args)
+    b, _ = ref.decode(ref.embed_images(images), image_details=ref.embed_details(images), **args)
+    assert torch.equal(a, b)
+    ref.refine.crop = 16  # a 16 x 16 window of the 32 x 32 logit map (4 input pixels per logit pixel)
+    with torch.no_grad():
+        ref.refine.out.weight.normal_(0, 0.5)
+    b, _ = ref.decode(ref.embed_images(images), image_details=ref.embed_details(images), **args)
+    changed = ((a - b).abs()[:, 0] > 0).numpy()
+    for obj, (x, y) in enumerate(coords[:, 0].tolist()):
+        x0, y0 = (min(max(round(v / 4) - 8, 0), 16) for v in (x, y))
+        window = np.zeros((32, 32), bool)
+        window[y0 : y0 + 16, x0 : x0 + 16] = True
+        assert not changed[obj][~window].any() and changed[obj][window].mean() > 0.9
+    b.sum().backward()
+    assert ref.refine.inputs.weight.grad.abs().sum() > 0 and ref.detail.out.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="refine needs segmentor.detail"):
+        PromptNucSeg(load_config("promptnucseg_cpu", {**base, "segmentor.detail": False, "segmentor.refine": True}))
 
 
 def test_negatives_skip_points_nearer_than_min_distance():

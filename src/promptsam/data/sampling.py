@@ -48,13 +48,17 @@ def sample_point_prompts(
     num_negatives: int = 1,
     rng: np.random.Generator,
     point_jitter: float | None = None,
+    duplicate_share: float = 0.0,
 ) -> dict[str, np.ndarray]:
     """PromptNucSeg's segmentor sampling (methods.md §3.3) on one instance map (H, W).
 
     Every nucleus gets a random reference pixel; Z = min(#nuclei, num_objects) nuclei are drawn, each prompted by
     a fresh random interior pixel (positive) and the reference pixels of its K nearest other nuclei (negatives,
     padded with label -1). With `point_jitter` (pixels, ours) every point is drawn near the nucleus's centroid instead
-    (`InteriorPixels.draw_near_centre`), as a point prompter places them.
+    (`InteriorPixels.draw_near_centre`), as a point prompter places them. With `duplicate_share` (ours) that share
+    of the objects gets, as its first negative, a second point inside its own nucleus (the farthest of four random
+    interior pixels: a prompter's duplicate detection near the rim), and the target stays the whole nucleus, so the
+    segmentor learns to draw a nucleus whole when a duplicate point inside it serves as its negative prompt.
     Returns coords (Z, 1+K, 2), point_labels (Z, 1+K) and boolean masks (Z, H, W).
     """
     pixels = InteriorPixels(labels)
@@ -73,5 +77,11 @@ def sample_point_prompts(
     positives = draw()[chosen]
     neighbours = nearest_others(references, num_negatives)[chosen]
     coords, point_labels = point_prompts(positives, references, num_negatives, neighbours=neighbours)
+    if duplicate_share > 0 and num_negatives > 0:
+        dup = np.flatnonzero(rng.random(len(chosen)) < duplicate_share)
+        draws = np.stack([pixels.draw(rng)[chosen[dup]] for _ in range(4)], axis=1)  # (d, 4, 2)
+        far = np.linalg.norm(draws - positives[dup][:, None], axis=-1).argmax(1)
+        coords[dup, 1] = draws[np.arange(len(dup)), far]
+        point_labels[dup, 1] = 0
     masks = labels[None] == pixels.ids[chosen][:, None, None]
     return {"coords": coords, "point_labels": point_labels, "masks": masks}

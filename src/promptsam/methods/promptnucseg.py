@@ -28,15 +28,16 @@ from promptsam.device import autocast, pick_device, resolve_precision
 from promptsam.errors import CheckpointError
 from promptsam.inference.merge import keep_large, largest_pieces, shrink_labels
 from promptsam.inference.point_segmentation import merge_candidates, segment_points
-from promptsam.inference.points import decode_points, merge_views, nucleus_diameter
+from promptsam.inference.points import decode_points, merge_views, nucleus_diameter, size_nms
 from promptsam.inference.preprocess import to_rgb255, zoom_image
 from promptsam.losses.prompter import prompter_loss
 from promptsam.losses.segmentor import segmentor_loss
 from promptsam.metrics import detection_scores, score_instances
 from promptsam.models import build_sam
 from promptsam.models.adapters import add_lora
+from promptsam.models.checkpoint import check_state_dict
 from promptsam.models.prompter import PointPrompter, pad_to_multiple
-from promptsam.models.sam.detail import DetailEncoder
+from promptsam.models.sam.detail import DetailEncoder, PointRefiner
 from promptsam.models.sam.sam import PIXEL_MEAN, PIXEL_STD
 from promptsam.training import TrainingConfig
 
@@ -59,6 +60,8 @@ class PrompterConfig:
     mask_filter: bool = True  # MAPF: on for Kumar/CPM-17, off in the PanNuke configs
     min_foreground: float | None = None  # [A] keep anchors with P(nucleus) >= this; None = the paper's argmax rule
     test_time_flips: bool = False  # [A] points found in >= 2 of 4 flipped views, averaged (points.merge_views)
+    nms_diameters: float | None = None  # [A] point NMS radius at least this many of the image's estimated nucleus
+    # diameters (inference.points.nucleus_diameter): fewer duplicate points in large nuclei; None = nms_radius only
     crop: int = 256
     scale_augment: tuple[float, float] = (0.8, 1.25)  # [A] random magnification of training crops (RandomScale)
     scale_augment_p: float = 0.3
@@ -78,10 +81,13 @@ class SegmentorConfig:
     scale: float = 1.0  # magnification at which SAM sees the image (1 = native, as in the paper; 2 = upsampled 2x)
     pe_scale: float = 1.0  # from scratch only: std of the prompt encoder's random Fourier frequencies (SAM: 1)
     detail: bool = False  # [A] add a high-resolution image branch to the mask decoder (models.sam.detail)
+    refine: bool = False  # [A] per-object correction of the logits around each point (models.sam.detail.PointRefiner)
     num_objects: int = 25  # Z prompts per training image
     num_negatives: int = 0  # K: the released configs use 0, the paper's full model 1
     point_jitter: float | None = None  # [A] training points near each centroid with this std (native pixels), as the
     # prompter places them; None = a uniformly random interior pixel (the paper)
+    duplicate_negatives: float = 0.0  # [A] share of training objects whose negative is a second point in the same
+    # nucleus (data.sampling.sample_point_prompts' duplicate_share); 0 = the paper
     focal_weight: float = 20.0
     peft: str | None = None  # None = full fine-tuning (paper); "lora" = LoRA on the encoder's attention
     lora_rank: int = 4
@@ -165,6 +171,10 @@ def build_segmentor(cfg: SegmentorConfig) -> nn.Module:
             sam.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.mul_(cfg.pe_scale)
     if cfg.detail:
         sam.detail = DetailEncoder(channels=sam.mask_decoder.transformer_dim // 8)
+    if cfg.refine:
+        if not cfg.detail:
+            raise ValueError("segmentor.refine needs segmentor.detail (it reads the detail features)")
+        sam.refine = PointRefiner(channels=sam.mask_decoder.transformer_dim // 8)
     if cfg.peft == "lora":
         add_lora(sam.image_encoder, rank=cfg.lora_rank, parts=cfg.lora_parts)
     elif cfg.peft is not None:
@@ -223,6 +233,10 @@ class PromptNucSeg(nn.Module):
                 pts[:, 1] = h - 1 - pts[:, 1]
         found = per_view[0] if len(flips) == 1 else merge_views(per_view, radius=cfg.nms_radius)
         found["foreground"] = (mask[0, 0] > 0).cpu().numpy()
+        if cfg.nms_diameters:
+            kept = size_nms(found["points"], found["scores"], found["foreground"], radius=cfg.nms_radius,
+                            diameters=cfg.nms_diameters)
+            found.update({k: found[k][kept] for k in ("points", "classes", "scores")})
         return found
 
     # ---- steps 2-3: SAM draws each prompt, then merge
@@ -306,7 +320,6 @@ class PromptNucSeg(nn.Module):
     @classmethod
     def load(cls, path: str | os.PathLike, *, device: str | torch.device = "auto") -> PromptNucSeg:
         """Load a model saved by `save`, with one-line errors for anything else."""
-        from promptsam.models.checkpoint import check_state_dict
 
         path = Path(path)
         try:
@@ -370,13 +383,16 @@ def collate_prompter(samples: list[dict], *, use_classes: bool = False) -> dict[
 class SegmentorCollate:
     """Batch of augmented crops -> images and the concatenated point prompts of all crops (with image_index)."""
 
-    def __init__(self, num_objects: int, num_negatives: int, seed: int = 0, point_jitter: float | None = None) -> None:
+    def __init__(self, num_objects: int, num_negatives: int, seed: int = 0, point_jitter: float | None = None,
+                 duplicate_share: float = 0.0) -> None:
         self.num_objects, self.num_negatives, self.point_jitter = num_objects, num_negatives, point_jitter
+        self.duplicate_share = duplicate_share
         self.rng = np.random.default_rng(seed)
 
     def __call__(self, samples: list[dict]) -> dict[str, Any]:
         parts = [sample_point_prompts(s["label"], num_objects=self.num_objects, num_negatives=self.num_negatives,
-                                      rng=self.rng, point_jitter=self.point_jitter) for s in samples]
+                                      rng=self.rng, point_jitter=self.point_jitter,
+                                      duplicate_share=self.duplicate_share) for s in samples]
         index = np.concatenate([np.full(len(p["coords"]), i) for i, p in enumerate(parts)])
         return {
             "images": _to_tensor_images(samples),
@@ -498,7 +514,7 @@ def train_promptnucseg(
     if model_file.is_file():  # later stages start from the weights of earlier ones
         previous = PromptNucSeg.load(model_file, device="cpu")
         model.prompter.load_state_dict(previous.prompter.state_dict())
-        model.segmentor.load_state_dict(previous.segmentor.state_dict())
+        _load_grown(model.segmentor, previous.segmentor.state_dict(), source=f"{model_file} [segmentor]")
     tcfg = config.training
     summary: dict[str, Any] = {"train_images": len(train_samples), "val_images": len(val_samples)}
     for stage in stages:
@@ -512,7 +528,8 @@ def train_promptnucseg(
             crop, batch, monitor, clip = config.segmentor.image_size, config.segmentor.batch_size, "val/pq", None
             jitter = config.segmentor.point_jitter
             collate = SegmentorCollate(config.segmentor.num_objects, config.segmentor.num_negatives, tcfg.seed,
-                                       None if jitter is None else jitter * config.segmentor.scale)
+                                       None if jitter is None else jitter * config.segmentor.scale,
+                                       config.segmentor.duplicate_negatives)
         zoom = config.segmentor.scale if stage == "segmentor" else 1.0
         augment = {} if stage == "segmentor" else {"scale": tuple(config.prompter.scale_augment),
                                                     "scale_p": config.prompter.scale_augment_p}
@@ -526,6 +543,14 @@ def train_promptnucseg(
         _save_stage(model, stage, model_file)
         summary[stage] = {"checkpoint": str(best) if best else None}
     return summary
+
+
+def _load_grown(segmentor: nn.Module, state: dict, *, source: str) -> None:
+    """Load an earlier run's segmentor into this run's, which may have grown a zero-start refiner since."""
+    state = dict(state)
+    state.update({k: v for k, v in segmentor.state_dict().items() if k.startswith("refine.") and k not in state})
+    check_state_dict(segmentor, state, source=source)
+    segmentor.load_state_dict(state, strict=True)
 
 
 def _save_stage(model: PromptNucSeg, stage: str, model_file: Path) -> None:

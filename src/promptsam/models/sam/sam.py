@@ -23,6 +23,7 @@ class Sam(nn.Module):
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
         self.detail: nn.Module | None = None  # optional high-resolution branch (models.sam.detail), off in SAM
+        self.refine: nn.Module | None = None  # optional per-object correction around point prompts (needs detail)
         self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(-1, 1, 1), persistent=False)
 
@@ -65,7 +66,7 @@ class Sam(nn.Module):
         if (image_details is None) != (self.detail is None):
             raise ValueError("image_details must be given exactly when the model has a detail branch")
         sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=mask_inputs)
-        return self.mask_decoder(
+        masks, iou = self.mask_decoder(
             image_embeddings=image_embeddings,
             image_pe=self.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,
@@ -74,3 +75,6 @@ class Sam(nn.Module):
             image_index=image_index,
             image_details=image_details,
         )
+        if self.refine is not None and points is not None:
+            masks = self.refine(masks, image_details, *points, image_index=image_index)
+        return masks, iou

@@ -467,14 +467,14 @@ def test_point_refiner_starts_at_zero_and_corrects_only_around_the_point():
     """The per-object refiner (models.sam.detail.PointRefiner) leaves SAM's logits unchanged until trained, changes
     only its window around each object's positive point, gets gradients, and an earlier run's segmentor without it
     loads into a run that has it."""
-    from promptsam.methods.promptnucseg import _load_grown
+    from promptsam.methods.promptnucseg import _load_keeping
 
     base = {"segmentor.image_size": 128, "prompter.backbone": "resnet18", "prompter.fpn_channels": 32,
             "prompter.num_levels": 2, "inference.precision": "fp32", "segmentor.detail": True}
     torch.manual_seed(0)
     plain = PromptNucSeg(load_config("promptnucseg_cpu", base)).eval()
     refined = PromptNucSeg(load_config("promptnucseg_cpu", {**base, "segmentor.refine": True})).eval()
-    _load_grown(refined.segmentor, plain.segmentor.state_dict(), source="test")
+    _load_keeping(refined.segmentor, plain.segmentor.state_dict(), keep=("refine.",), source="test")
     sam, ref = plain.segmentor, refined.segmentor
     images = sam.normalize(torch.rand(2, 3, 128, 128) * 255)
     coords = torch.tensor([[[20.0, 24.0], [60.0, 60.0]], [[100.0, 110.0], [0.0, 0.0]]])

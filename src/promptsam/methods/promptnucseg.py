@@ -321,7 +321,6 @@ class PromptNucSeg(nn.Module):
     @classmethod
     def load(cls, path: str | os.PathLike, *, device: str | torch.device = "auto") -> PromptNucSeg:
         """Load a model saved by `save`, with one-line errors for anything else."""
-
         path = Path(path)
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -336,11 +335,9 @@ class PromptNucSeg(nn.Module):
         model = cls(_without_weights(config))
         for part in ("prompter", "segmentor"):
             state = {k: v.float() if v.is_floating_point() else v for k, v in payload[part].items()}
-            if part == "segmentor":  # never saved: keep their initial values so loading stays strict
-                state.update({k: v for k, v in model.segmentor.state_dict().items()
-                              if k.startswith(UNUSED_SEGMENTOR_KEYS) and k not in state})
-            check_state_dict(getattr(model, part), state, source=f"{path} [{part}]")
-            getattr(model, part).load_state_dict(state, strict=True)
+            # the unused keys are never saved: they keep their initial values so loading stays strict
+            _load_keeping(getattr(model, part), state, keep=UNUSED_SEGMENTOR_KEYS if part == "segmentor" else (),
+                          source=f"{path} [{part}]")
         return model.to(pick_device(device)).eval()
 
 
@@ -515,7 +512,9 @@ def train_promptnucseg(
     if model_file.is_file():  # later stages start from the weights of earlier ones
         previous = PromptNucSeg.load(model_file, device="cpu")
         model.prompter.load_state_dict(previous.prompter.state_dict())
-        _load_grown(model.segmentor, previous.segmentor.state_dict(), source=f"{model_file} [segmentor]")
+        # this run may have grown a zero-start refiner since (segmentor.refine): it keeps its initial values
+        _load_keeping(model.segmentor, previous.segmentor.state_dict(), keep=("refine.",),
+                      source=f"{model_file} [segmentor]")
     tcfg = config.training
     summary: dict[str, Any] = {"train_images": len(train_samples), "val_images": len(val_samples)}
     for stage in stages:
@@ -546,12 +545,13 @@ def train_promptnucseg(
     return summary
 
 
-def _load_grown(segmentor: nn.Module, state: dict, *, source: str) -> None:
-    """Load an earlier run's segmentor into this run's, which may have grown a zero-start refiner since."""
+def _load_keeping(module: nn.Module, state: dict, *, keep: tuple[str, ...], source: str) -> None:
+    """Load `state` into `module` strictly, except that keys starting with `keep` which `state` lacks keep the
+    module's own values; otherwise one clear error naming `source` and the first mismatching keys."""
     state = dict(state)
-    state.update({k: v for k, v in segmentor.state_dict().items() if k.startswith("refine.") and k not in state})
-    check_state_dict(segmentor, state, source=source)
-    segmentor.load_state_dict(state, strict=True)
+    state.update({k: v for k, v in module.state_dict().items() if k.startswith(keep) and k not in state})
+    check_state_dict(module, state, source=source)
+    module.load_state_dict(state, strict=True)
 
 
 def _save_stage(model: PromptNucSeg, stage: str, model_file: Path) -> None:

@@ -1,12 +1,14 @@
 """SAM speed: our encoders and decoder against the reference implementations, same weights, same run.
 
-    python benchmarks/sam_speed.py [--quick] [--threads N]
+    python benchmarks/sam_speed.py [--quick] [--threads N] [--models vit_t,vit_b] [--sizes 1024,256] [--isolate]
 
 Prints a table and writes benchmarks/results/sam_speed.json. Encoder latency is the median of >= 5 runs after a
 warm-up, batch 1; achieved GFLOP/s divides the FLOPs our encoder executes (FlopCounterMode, with CPU attention
 counted, see `count_gflops_sdpa`) by that latency and is compared with a measured matmul peak of this machine in the
 same precision; "ref GFLOP" is the reference's count, which also includes its zero-padded window tokens. Decoder
-throughput decodes N single-point prompts against one image embedding in one batched call.
+throughput decodes N single-point prompts against one image embedding in one batched call; its FLOP floor is taken
+at the peak of the precision promptsam's "auto" uses on this CPU (bf16 where avx512_bf16/AMX exist, else fp32), and
+"x floor" times ours in that precision.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import count_gflops, matmul_peak_gflops, median_seconds, print_table, write_results  # noqa: E402
-from promptsam.device import autocast  # noqa: E402
+from promptsam.device import autocast, cpu_supports_bf16  # noqa: E402
 from promptsam.models import build_sam  # noqa: E402
 
 warnings.filterwarnings("ignore")
@@ -123,44 +125,63 @@ def load_resized(ref: torch.nn.Module, ours_encoder: torch.nn.Module, image_size
     ref.load_state_dict(state, strict=True)
 
 
-@torch.inference_mode()
-def encoder_rows(names: list[str], sizes: list[int], repeats: int, peaks: dict) -> list[dict]:
+def encoder_rows(names: list[str], sizes: list[int], repeats: int, peaks: dict, *, isolate: bool = False,
+                 threads: int = 2) -> list[dict]:
+    """One row per (encoder, input size); with `isolate` each row runs in a fresh process (see `isolated_row`)."""
     rows = []
     for name in names:
         for size in sizes:
-            ours = build_sam(name, image_size=size).eval()
-            ref = reference_encoder(name, size).eval()
-            load_resized(ref, ours.image_encoder, size)
-            x = torch.randn(1, 3, size, size)
-            gflop = count_gflops_sdpa(lambda: ours.image_encoder(x))
-            ref_gflop = count_gflops_sdpa(lambda: run_reference(ref, x))
-            t_ref = median_seconds(lambda: run_reference(ref, x), repeats=repeats)
-            t_ours = median_seconds(lambda: ours.image_encoder(x), repeats=repeats)
+            if isolate:
+                import multiprocessing
 
-            def ours_bf16():
-                with autocast(CPU, torch.bfloat16):
-                    return ours.image_encoder(x)
-
-            t_bf16 = median_seconds(ours_bf16, repeats=repeats)
-            diff = (ours_bf16().float() - run_reference(ref, x)).abs().max().item()
-            rows.append(
-                {
-                    "model": name,
-                    "input": size,
-                    "GFLOP": gflop,
-                    "ref GFLOP": ref_gflop,
-                    "ref fp32 s": t_ref,
-                    "ours fp32 s": t_ours,
-                    "ours bf16 s": t_bf16,
-                    "speedup fp32": t_ref / t_ours,
-                    "speedup bf16": t_ref / t_bf16,
-                    "% fp32 peak": 100 * gflop / t_ours / peaks["fp32"],
-                    "% bf16 peak": 100 * gflop / t_bf16 / peaks["bf16"],
-                    "bf16 max abs diff": diff,
-                }
-            )
+                with multiprocessing.get_context("spawn").Pool(1) as pool:
+                    rows.append(pool.apply(isolated_row, (name, size, repeats, peaks, threads)))
+            else:
+                rows.append(encoder_row(name, size, repeats, peaks))
             print(rows[-1], flush=True)
     return rows
+
+
+def isolated_row(name: str, size: int, repeats: int, peaks: dict, threads: int) -> dict:
+    """`encoder_row` in a fresh process that first runs the same 2048x2048 matmuls as the peak measurement (so the
+    allocator starts as in the parent), without the earlier rows' large activations in its heap."""
+    torch.set_num_threads(threads)
+    matmul_peak_gflops(torch.float32)
+    return encoder_row(name, size, repeats, peaks)
+
+
+@torch.inference_mode()
+def encoder_row(name: str, size: int, repeats: int, peaks: dict) -> dict:
+    """Our encoder against the reference's, same random weights, one process: latency, FLOPs, share of peak."""
+    ours = build_sam(name, image_size=size).eval()
+    ref = reference_encoder(name, size).eval()
+    load_resized(ref, ours.image_encoder, size)
+    x = torch.randn(1, 3, size, size)
+    gflop = count_gflops_sdpa(lambda: ours.image_encoder(x))
+    ref_gflop = count_gflops_sdpa(lambda: run_reference(ref, x))
+    t_ref = median_seconds(lambda: run_reference(ref, x), repeats=repeats)
+    t_ours = median_seconds(lambda: ours.image_encoder(x), repeats=repeats)
+
+    def ours_bf16():
+        with autocast(CPU, torch.bfloat16):
+            return ours.image_encoder(x)
+
+    t_bf16 = median_seconds(ours_bf16, repeats=repeats)
+    diff = (ours_bf16().float() - run_reference(ref, x)).abs().max().item()
+    return {
+        "model": name,
+        "input": size,
+        "GFLOP": gflop,
+        "ref GFLOP": ref_gflop,
+        "ref fp32 s": t_ref,
+        "ours fp32 s": t_ours,
+        "ours bf16 s": t_bf16,
+        "speedup fp32": t_ref / t_ours,
+        "speedup bf16": t_ref / t_bf16,
+        "% fp32 peak": 100 * gflop / t_ours / peaks["fp32"],
+        "% bf16 peak": 100 * gflop / t_bf16 / peaks["bf16"],
+        "bf16 max abs diff": diff,
+    }
 
 
 @torch.inference_mode()
@@ -199,6 +220,10 @@ def decoder_rows(counts: list[int], size: int, repeats: int, peaks: dict) -> lis
         t_ref = median_seconds(ref_call, repeats=repeats)
         t_ours = median_seconds(ours_call, repeats=repeats)
         t_bf16 = median_seconds(lambda: ours_call(torch.bfloat16), repeats=repeats)
+        # the floor in the precision promptsam runs on this CPU (precision "auto": bf16 only where it is native)
+        native = "bf16" if cpu_supports_bf16() else "fp32"
+        t_native = t_bf16 if native == "bf16" else t_ours
+        floor = gflop / peaks[native]
         rows.append(
             {
                 "input": size,
@@ -208,9 +233,10 @@ def decoder_rows(counts: list[int], size: int, repeats: int, peaks: dict) -> lis
                 "ours fp32 s": t_ours,
                 "ours bf16 s": t_bf16,
                 "speedup bf16": t_ref / t_bf16,
-                "floor bf16 s": gflop / peaks["bf16"],
-                "x floor (bf16)": t_bf16 / (gflop / peaks["bf16"]),
-                "prompts/s bf16": n / t_bf16,
+                "auto precision": native,
+                "floor s": floor,
+                "x floor": t_native / floor,
+                "prompts/s": n / t_native,
             }
         )
         print(rows[-1], flush=True)
@@ -224,6 +250,8 @@ def main() -> None:
     parser.add_argument("--models", default="vit_t,vit_b", help="comma-separated encoders to time")
     parser.add_argument("--sizes", default=None, help="comma-separated input sizes (default 1024,256)")
     parser.add_argument("--no-decoder", action="store_true", help="skip the mask-decoder rows")
+    parser.add_argument("--isolate", action="store_true",
+                        help="time each encoder row in a fresh process (no earlier row's allocations in its heap)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     repeats = 3 if args.quick else 5
@@ -234,7 +262,7 @@ def main() -> None:
     )
     sizes = [int(v) for v in args.sizes.split(",")] if args.sizes else [256] if args.quick else [1024, 256]
     models = args.models.split(",")
-    enc = encoder_rows(models, sizes, repeats, peaks)
+    enc = encoder_rows(models, sizes, repeats, peaks, isolate=args.isolate, threads=args.threads)
     dec = [] if args.no_decoder else decoder_rows([1, 16, 64, 256], 256, repeats, peaks)
     print("\nImage encoder, batch 1 (seconds, median):")
     print_table(
@@ -265,13 +293,15 @@ def main() -> None:
             "ours fp32 s",
             "ours bf16 s",
             "speedup bf16",
-            "floor bf16 s",
-            "x floor (bf16)",
-            "prompts/s bf16",
+            "auto precision",
+            "floor s",
+            "x floor",
+            "prompts/s",
         ],
     )
     full = models == ["vit_t", "vit_b"] and not args.sizes and not args.no_decoder
     name = "sam_speed" if full else "sam_speed_" + "_".join(models + [str(s) for s in sizes])  # partial runs apart
+    name += "_isolated" if args.isolate else ""
     write_results(name, {"peak_gflops": peaks, "encoder": enc, "decoder": dec, "threads": args.threads})
 
 

@@ -15,6 +15,8 @@
 #      the first 12 minutes ran without the average, then the run was resumed with it);
 #   6. the same with a per-object refiner of the mask logits around each point (segmentor.refine, [A]), which starts
 #      at zero: 115 min (the shipped run: 80 min at one thread, ~3,260 steps, then resumed for 35 min at two threads).
+#   7. the point centring CNN (prompter.centring, [A]; models/centring.py), trained alone on true centroids with
+#      shifted points: 35 min at one thread.
 # The shipped file stores inference settings chosen on the validation split: per-image magnification to a 40-pixel
 # nucleus (inference.nucleus_diameter) and a point NMS radius of one estimated nucleus diameter
 # (prompter.nms_diameters); the prompter's test-time flips (on for v4) are off since v5: the same PQ, 1.3x faster.
@@ -69,5 +71,11 @@ train --out "$p6" --set training.val_every=3 --set segmentor.scale=2 --set segme
     --set segmentor.point_jitter=4 --set training.ema_decay=0.999 --set segmentor.refine=true --stage segmentor \
     --max-minutes 115 > "$p6/segmentor.log" 2>&1
 
-"$py/python" -m promptsam.pretrained "$p6/model.pt" --name default \
+p7="$run/phase7"
+from_previous "$p6" "$p7"
+train --out "$p7" --set training.val_every=20 --set segmentor.scale=2 --set segmentor.refine=true \
+    --set segmentor.point_jitter=4 --set prompter.nms_diameters=1.0 --set prompter.centring=true --stage centring \
+    --max-minutes 35 > "$p7/centring.log" 2>&1
+
+"$py/python" -m promptsam.pretrained "$p7/model.pt" --name default \
     --set inference.nucleus_diameter=40 --set prompter.test_time_flips=false --set prompter.nms_diameters=1.0

@@ -18,7 +18,7 @@ def _run_arguments(p: argparse.ArgumentParser, *, data_help: str, preset: str, p
     p.add_argument("--val", action="append", default=[], help="validation folder(s)")
     p.add_argument("--preset", default=preset, help=preset_help)
     p.add_argument("--out", required=True, help="run folder (re-running resumes from it)")
-    p.add_argument("--stage", choices=[*stages, "both"], default="both")
+    p.add_argument("--stage", choices=[*stages, "both"], default="both", help="stage to train (both: all of them)")
     p.add_argument("--max-minutes", type=float, default=None, help="time budget per stage (overrides the preset)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a preset value, e.g. --set segmentor.lr=1e-4 (YAML value syntax)")
@@ -32,7 +32,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = methods.add_parser("promptnucseg", help="PromptNucSeg: point prompter + SAM segmentor")
     _run_arguments(p, data_help="dataset folder in the uniform layout (repeat for several); known development "
                                 "datasets keep their frozen validation cases out unless --val is given",
-                   preset="promptnucseg_cpu", preset_help="preset name or YAML file", stages=["prompter", "segmentor"])
+                   preset="promptnucseg_cpu", preset_help="preset name or YAML file",
+                   stages=["prompter", "segmentor", "centring"])
     p.add_argument("--sam-checkpoint", default=None, help="official SAM/MobileSAM file to start the segmentor from")
     p.add_argument("--peft", choices=["lora"], default=None, help="parameter-efficient fine-tuning of the encoder")
     p.add_argument("--rank", type=int, default=None, help="LoRA rank (with --peft lora)")
@@ -96,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
     from promptsam.methods.promptnucseg import load_config, train_promptnucseg
 
     config, out = _run_config(args, load_config, _overrides(args))
-    stages = ("prompter", "segmentor") if args.stage == "both" else (args.stage,)
+    centring = ("centring",) if config.prompter.centring else ()
+    stages = ("prompter", "segmentor", *centring) if args.stage == "both" else (args.stage,)
     summary = train_promptnucseg(config, args.data, args.val, out, stages=stages, progress=not args.no_progress)
     print(json.dumps(summary, indent=2))
     return 0

@@ -5,7 +5,8 @@ nucleus with its K nearest nuclei as negatives, sliding windows -> merge (best c
 paint by score) -> instance map (+ class map).
 
 The two models are trained separately, as in the paper (`PrompterTask`, `SegmentorTask`, driven by Lightning in
-`promptsam.training`); `PromptNucSeg` bundles both for inference and is saved as one file.
+`promptsam.training`), and so is our optional point centring CNN between them ([A], `CentringTask`);
+`PromptNucSeg` bundles them for inference and is saved as one file.
 """
 
 from __future__ import annotations
@@ -460,7 +461,7 @@ class CentringCollate:
 
 
 class _Task(L.LightningModule):
-    """Shared optimiser set-up and validation bookkeeping of the two training stages."""
+    """Shared optimiser set-up and validation bookkeeping of the training stages."""
 
     def __init__(self, config: PromptNucSegConfig, model: PromptNucSeg) -> None:
         super().__init__()

@@ -88,15 +88,15 @@ class PointCentring(nn.Module):
     def recentre(self, image: torch.Tensor, points: np.ndarray, *, steps: int = 1, chunk: int = 512) -> np.ndarray:
         """(N, 2) (x, y) points of a (3, H, W) float image moved onto their nuclei's centroids, `steps` times."""
         points = np.asarray(points, np.float64).reshape(-1, 2).copy()
+        if len(points) == 0:
+            return points.astype(np.float32)
         h, w = image.shape[-2:]
+        device = next(self.parameters()).device
         for _ in range(steps):
-            moved = []
-            for start in range(0, len(points), chunk):
-                part = points[start : start + chunk]
-                offsets = self(centre_crops(image, part, self.crop).to(next(self.parameters()).device))
-                moved.append(np.round(part) + offsets.float().cpu().numpy())
-            if moved:
-                points = np.concatenate(moved)
+            crops = centre_crops(image, points, self.crop)  # one padded copy of the image per step; the CNN by chunks
+            offsets = torch.cat([self(crops[start : start + chunk].to(device)).float().cpu()
+                                 for start in range(0, len(points), chunk)])
+            points = np.round(points) + offsets.numpy()
             points[:, 0] = points[:, 0].clip(0, w - 1)
             points[:, 1] = points[:, 1].clip(0, h - 1)
         return points.astype(np.float32)

@@ -205,6 +205,9 @@ def test_decode_points_nms_mapf_background() -> None:
     assert len(res["points"]) == 5  # only the background anchor is gone
     (res,) = decode_points(outputs, image_size=(64, 72), nms_radius=12.0, score_threshold=0.8)
     assert res["points"].tolist() == [[10.0, 10.0], [70.0, 0.0]]
+    for logit, kept in ((-6.0, True), (-5.0, False)):  # MAPF with a lower bar keeps D (logit -5 at its pixel)
+        (res,) = decode_points(outputs, image_size=(64, 72), nms_radius=12.0, mask_filter_logit=logit)
+        assert ([30.0, 60.0] in res["points"].tolist()) is kept
 
 
 def test_decode_points_min_foreground_keeps_anchors_the_argmax_rule_drops() -> None:

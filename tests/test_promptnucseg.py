@@ -554,3 +554,95 @@ def test_test_time_flips_make_prompts_mirror_with_the_image(trained, crops):
     assert np.allclose(order(found["points"]), order(back), atol=1e-3)
     # the nucleus mask is the unflipped view's (one mask-head pass for the four views)
     assert np.array_equal(found["foreground"], model.find_prompts(image)["foreground"])
+
+
+def test_prompt_map_marks_each_point_with_the_nucleus_it_prompts():
+    """A prompter point inside a nucleus marks that nucleus, one just outside marks the nearest within reach, one far
+    from every nucleus (a false positive) marks nothing; flips and magnification move the marks with the labels."""
+    from promptsam.data.sampling import prompt_map
+    from promptsam.data.transforms import RandomFlipRotate, Zoom
+
+    labels = np.zeros((40, 40), np.int32)
+    labels[5:15, 5:15], labels[20:30, 20:35] = 1, 2
+    marks = prompt_map(labels, np.array([[8, 8], [12, 10], [33, 17], [2, 38]], np.float32))
+    assert {i: np.argwhere(marks == i)[:, ::-1].tolist() for i in (1, 2)} == {1: [[8, 8], [12, 10]], 2: [[33, 17]]}
+    assert np.count_nonzero(marks) == 3
+    sample = {"image": np.zeros((40, 40, 3), np.uint8), "label": labels, "prompts": marks, "classes": None}
+    sample = Zoom(2)(RandomFlipRotate(p=1.0)(sample, np.random.default_rng(1)), np.random.default_rng(1))
+    assert (sample["label"][sample["prompts"] == 1] == 1).all()  # the marks inside nucleus 1 stay inside it
+    for i, n in ((1, 2), (2, 1)):
+        assert np.count_nonzero(sample["prompts"] == i) == 4 * n  # each marked pixel became a 2x2 block
+
+
+def test_own_points_prompt_the_nuclei_the_prompter_found():
+    """With the whole share, a nucleus the prompter found is prompted at the prompter's point, and its neighbours'
+    negative is that point too; nuclei it missed keep drawn interior points; without a map nothing changes."""
+    from promptsam.data.sampling import prompt_map
+
+    labels = np.zeros((96, 96), np.uint16)
+    for i, (y, x) in enumerate([(10, 10), (10, 50), (50, 10), (50, 50)], start=1):
+        labels[y : y + 14, x : x + 14] = i
+    found = np.array([[13, 12], [52, 60]], np.float32)  # nuclei 1 and 4, off their centres
+    marks = prompt_map(labels, found)
+    out = sample_point_prompts(labels, num_objects=4, num_negatives=1, rng=np.random.default_rng(0),
+                               prompted=marks, prompted_share=1.0)
+    positives = out["coords"][:, 0]
+    ids = labels[positives[:, 1].astype(int), positives[:, 0].astype(int)]
+    assert sorted(ids.tolist()) == [1, 2, 3, 4]
+    assert all(m[y, x] for m, (x, y) in zip(out["masks"], positives.astype(int), strict=True))
+    assert np.array_equal(positives[ids == 1][0], found[0]) and np.array_equal(positives[ids == 4][0], found[1])
+    negatives = out["coords"][:, 1]
+    for own, nucleus in ((found[0], 1), (found[1], 4)):  # whoever has this nucleus as its neighbour sees its point
+        hits = labels[negatives[:, 1].astype(int), negatives[:, 0].astype(int)] == nucleus
+        assert (negatives[hits] == own).all()
+    plain = sample_point_prompts(labels, num_objects=4, num_negatives=1, rng=np.random.default_rng(0))
+    none = sample_point_prompts(labels, num_objects=4, num_negatives=1, rng=np.random.default_rng(0), prompted=marks)
+    assert np.array_equal(plain["coords"], none["coords"])
+
+
+def test_own_points_are_found_once_per_stage_and_cached(trained, crops, tmp_path, monkeypatch):
+    """The segmentor stage's own points: every training item gets the map of the points the model's prompter finds
+    on it, kept in the stage's cache, which a resumed run reads instead of running the prompter again."""
+    from promptsam.data.sampling import prompt_map
+    from promptsam.data.targets import nucleus_points
+    from promptsam.methods.promptnucseg import _attach_own_points
+
+    model, *_ = trained
+    calls = []
+
+    def find_prompts(self, image, **kwargs):  # the nuclei's centroids, nudged: a prompter with known answers
+        calls.append(image.shape)
+        return {"points": nucleus_points(next(c["label"] for c in crops if c["image"] is image))[0] + 1.0}
+
+    monkeypatch.setattr(PromptNucSeg, "find_prompts", find_prompts)
+    items = [{"image": c["image"], "label": c["label"]} for c in crops]
+    cache = tmp_path / "segmentor" / "own_points.npz"
+    _attach_own_points(model, items, cache, progress=False)
+    assert len(calls) == len(items) and cache.is_file() and len(np.load(cache).files) == len(items)
+    for item in items:
+        expected = prompt_map(item["label"], nucleus_points(item["label"])[0] + 1.0)
+        assert np.array_equal(item["prompts"], expected) and item["prompts"].any()
+    again = [{"image": c["image"], "label": c["label"]} for c in crops]
+    _attach_own_points(model, again, cache, progress=False)
+    assert len(calls) == len(items)  # read from the cache, the prompter did not run again
+    assert all(np.array_equal(a["prompts"], b["prompts"]) for a, b in zip(items, again, strict=True))
+    assert model.training is False  # the model's mode is left as it was
+
+
+def test_mask_threshold_grows_or_shrinks_every_mask(trained, crops):
+    """A lower logit threshold draws each nucleus as a superset of the default mask; a higher one as a subset."""
+    from dataclasses import replace
+
+    from promptsam.data.targets import nucleus_points
+
+    model, *_ = trained
+    points, _ = nucleus_points(crops[0]["label"])
+    inference = model.config.inference
+    areas = {}
+    try:
+        for t in (-2.0, 0.0, 2.0):
+            model.config = replace(model.config, inference=replace(inference, mask_threshold=t, one_piece=False))
+            areas[t] = np.count_nonzero(model.segment(crops[0]["image"], points=points).labels)
+    finally:
+        model.config = replace(model.config, inference=inference)
+    assert areas[-2.0] > areas[0.0] > areas[2.0] > 0

@@ -1,7 +1,8 @@
-"""Dictionary transforms for 2D nucleus samples `{"image": HxWx3 uint8, "label": HxW ids, "classes": HxW | None}`.
+"""Dictionary transforms for 2D nucleus samples `{"image": HxWx3 uint8, "label": HxW ids, "classes": HxW | None}`
+(and optionally "prompts", a prompter's points as a map, data.sampling.prompt_map).
 
-Small seedable callables composed into a pipeline (MONAI's habit); geometric ones move image, label and class map
-together (nearest for maps), photometric ones touch the image only. Used by the prompter and segmentor training.
+Small seedable callables composed into a pipeline (MONAI's habit); geometric ones move image and maps together
+(nearest for maps), photometric ones touch the image only. Used by the prompter and segmentor training.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-MAP_KEYS = ("label", "classes")
+MAP_KEYS = ("label", "classes", "prompts")  # prompts: data.sampling.prompt_map
 Sample = dict[str, Any]
 
 

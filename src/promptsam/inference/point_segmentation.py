@@ -59,13 +59,14 @@ def segment_points(
     chunk_size: int = 64,
     window_batch: int = 4,
     autocast_dtype: torch.dtype | None = None,
+    mask_threshold: float = 0.0,
 ) -> Candidates:
     """Candidate masks for (N, 2) (x, y) `points` in an (H, W, 3) 0-255 image, one SAM window of sam.image_size.
 
     Negatives are the `num_negatives` nearest other points (PromptNucSeg's K) at least `negative_min_distance`
     away (0: the paper; more skips a detector's duplicate point inside the same nucleus); with
     `also_without_negatives` every object is decoded a second time with its negatives replaced by padding, and both
-    candidates are kept.
+    candidates are kept. A pixel belongs to a mask where its upsampled logit exceeds `mask_threshold` (SAM: 0).
     """
     device = sam.device
     size = sam.image_size
@@ -106,8 +107,8 @@ def segment_points(
                 window = torch.from_numpy(windows).to(device)
                 with autocast(device, autocast_dtype):
                     low, iou = sam.decode(embeddings, points=(pts, lbl), image_index=window, image_details=details)
-                masks = F.interpolate(low.float(), (size, size), mode="bilinear", align_corners=False)[:, 0] > 0
-                masks = masks.cpu().numpy()
+                logits = F.interpolate(low.float(), (size, size), mode="bilinear", align_corners=False)[:, 0]
+                masks = (logits > mask_threshold).cpu().numpy()
                 for m, s, i, (y0, x0) in zip(masks, iou[:, 0].float().cpu().numpy(), ids, origin[part], strict=True):
                     m = m[: max(0, h - y0), : max(0, w - x0)]  # drop the zero padding beyond the image
                     cropped = _crop_to_box(m)

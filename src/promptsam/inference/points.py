@@ -38,6 +38,7 @@ def decode_points(
     image_size: tuple[int, int],
     nms_radius: float = 12.0,
     mask_filter: bool = True,
+    mask_filter_logit: float = 0.0,
     score_threshold: float = 0.0,
     min_foreground: float | None = None,
 ) -> list[dict[str, np.ndarray]]:
@@ -51,8 +52,8 @@ def decode_points(
     1 - p(background) reaches it instead, takes the most probable nucleus class and that total as its score:
     below 0.5 this finds nuclei the argmax rule drops.
     MAPF (`mask_filter`; off in the PanNuke configs): keep points whose aux mask logit
-    at the rounded point is > 0 (official code truncates with astype(int); we round, matching pixel-index
-    coordinates); then `point_nms` with `nms_radius` (<= 0 disables it).
+    at the rounded point is > `mask_filter_logit` (0 in the official code, which truncates with astype(int); we
+    round, matching pixel-index coordinates); then `point_nms` with `nms_radius` (<= 0 disables it).
     """
     h, w = image_size
     coords = outputs["coords"].detach().float().cpu().numpy()
@@ -72,7 +73,7 @@ def decode_points(
         pts, cls, score = pts[keep], cls[keep], score[keep]
         if masks is not None and len(pts):
             ix = np.rint(pts).astype(np.int64)
-            inside = masks[b, 0, ix[:, 1], ix[:, 0]] > 0
+            inside = masks[b, 0, ix[:, 1], ix[:, 0]] > mask_filter_logit
             pts, cls, score = pts[inside], cls[inside], score[inside]
         if nms_radius > 0 and len(pts):
             kept = point_nms(pts, score, nms_radius)

@@ -41,8 +41,9 @@ class InteriorPixels:
         if at.size == 0 or len(self.ids) == 0:
             return points, found
         at = at[rng.permutation(at.size)]  # of several pixels with one id, a random one is written last
-        slot = np.minimum(np.searchsorted(self.ids, marks.ravel()[at]), len(self.ids) - 1)
-        valid = self.ids[slot] == marks.ravel()[at]
+        ids = marks.ravel()[at]
+        slot = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
+        valid = self.ids[slot] == ids
         slot, at = slot[valid], at[valid]
         points[slot] = np.stack([at % self.width, at // self.width], axis=1)
         found[slot] = True

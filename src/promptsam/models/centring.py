@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from promptsam.models.sam.common import DerivedCache
+from promptsam.models.sam.common import DerivedCache, fold_batchnorm
 
 __all__ = ["PointCentring", "centre_crops", "jittered_points"]
 
@@ -79,9 +79,8 @@ class PointCentring(nn.Module):
         layers = list(self.features)
         convs = []
         for conv, bn in zip(layers[0::3], layers[1::3], strict=True):
-            scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-            weight = (conv.weight * scale[:, None, None, None]).contiguous(memory_format=torch.channels_last)
-            convs.append((weight, (conv.bias - bn.running_mean) * scale + bn.bias, conv.stride[0]))
+            weight, bias = fold_batchnorm(conv, bn)
+            convs.append((weight.contiguous(memory_format=torch.channels_last), bias, conv.stride[0]))
         return convs
 
     @torch.inference_mode()

@@ -74,6 +74,13 @@ def autocast_cast(*tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
     return [None if t is None else t.to(dtype) for t in tensors]
 
 
+def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of `conv` with the eval BatchNorm `bn` after it (affine, running statistics) folded in."""
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    shift = -bn.running_mean if conv.bias is None else conv.bias - bn.running_mean
+    return conv.weight * scale[:, None, None, None], shift * scale + bn.bias
+
+
 class DerivedCache:
     """Tensors derived from parameters, kept between calls while no autograd graph is recorded and rebuilt as soon
     as a parameter is modified in place (version counter) or replaced (storage)."""

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from promptsam.models.sam.common import DerivedCache, autocast_cast, fusable, sam_neck
+from promptsam.models.sam.common import DerivedCache, autocast_cast, fold_batchnorm, fusable, sam_neck
 from promptsam.models.sam.image_encoder import spans
 
 # Hidden activation band of an MBConv computed at once in inference (bytes, but at least 8 rows, so that the halo
@@ -70,9 +70,7 @@ class ConvBN(nn.Module):
 
     def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Weight and bias of the conv with eval BatchNorm (affine with running statistics) folded in."""
-        bn = self.bn
-        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-        return self.c.weight * scale[:, None, None, None], bn.bias - bn.running_mean * scale
+        return fold_batchnorm(self.c, self.bn)
 
     def forward(self, x: torch.Tensor, *, gelu: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
         """BN(conv(x)), plus `residual` if given, then GELU if `gelu`."""

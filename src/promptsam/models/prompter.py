@@ -19,7 +19,7 @@ from torch import nn
 
 from promptsam.errors import CheckpointError
 from promptsam.models.checkpoint import check_state_dict, read_state_dict
-from promptsam.models.sam.common import DerivedCache, autocast_cast, fusable
+from promptsam.models.sam.common import DerivedCache, autocast_cast, conv_gelu, fusable
 
 __all__ = ["FPN", "PointPrompter", "anchor_grid", "pad_to_multiple", "sample_features"]
 
@@ -135,10 +135,9 @@ class FusedConvNeXtBlock(ConvNeXtBlock):
         fc1, fc2 = self.mlp.fc1, self.mlp.fc2
         params = (fc2.weight, fc2.bias) + (() if self.gamma is None else (self.gamma,))
         weight2, bias2 = self.folded_cache.get(params, "fc2", self.folded_fc2)
-        y, weight1, bias1, weight2, bias2 = autocast_cast(self.norm(self.conv_dw(x)), fc1.weight, fc1.bias,
-                                                          weight2, bias2)
-        hidden = torch.ops.mkldnn._convolution_pointwise(
-            y, weight1, bias1, fc1.padding, fc1.stride, fc1.dilation, fc1.groups, "gelu", [], "none")
+        hidden = conv_gelu(self.norm(self.conv_dw(x)), fc1.weight, fc1.bias, fc1.stride, fc1.padding, fc1.dilation,
+                           fc1.groups)
+        hidden, weight2, bias2 = autocast_cast(hidden, weight2, bias2)
         # the residual stream keeps its dtype, as in timm's forward
         return F.conv2d(hidden, weight2, bias2, fc2.stride, fc2.padding, fc2.dilation, fc2.groups) + x
 

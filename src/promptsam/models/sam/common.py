@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 T = TypeVar("T")
@@ -72,6 +73,22 @@ def autocast_cast(*tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
         return list(tensors)
     dtype = torch.get_autocast_dtype("cpu")
     return [None if t is None else t.to(dtype) for t in tensors]
+
+
+def _pair(value: int | tuple) -> list[int]:
+    return list(value) if isinstance(value, tuple | list) else [value, value]
+
+
+def conv_gelu(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int | tuple = 1, padding: int | tuple = 0,
+    dilation: int | tuple = 1, groups: int = 1,
+) -> torch.Tensor:
+    """GELU(conv2d(x)), one oneDNN kernel when fusable."""
+    if fusable(x):
+        x, weight, bias = autocast_cast(x, weight, bias)
+        return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, _pair(padding), _pair(stride),
+                                                       _pair(dilation), groups, "gelu", [], "none")
+    return F.gelu(F.conv2d(x, weight, bias, stride, padding, dilation, groups))
 
 
 def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from promptsam.models.sam.common import LayerNorm2d, fusable
+from promptsam.models.sam.common import LayerNorm2d, conv_gelu
 
 
 def mixing_layers(conv: type[nn.Module], width: int) -> list[nn.Module]:
@@ -112,9 +112,5 @@ class PointRefiner(nn.Module):
         norm, *layers = self.mix
         x = norm(x)
         for conv in layers[::2]:
-            if fusable(x):
-                x = torch.ops.mkldnn._convolution_pointwise(x, conv.weight, conv.bias, conv.padding, conv.stride,
-                                                            conv.dilation, conv.groups, "gelu", [], "none")
-            else:
-                x = F.gelu(conv(x))
+            x = conv_gelu(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
         return x

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from promptsam.models.sam.common import DerivedCache, autocast_cast, fold_batchnorm, fusable, sam_neck
+from promptsam.models.sam.common import DerivedCache, autocast_cast, conv_gelu, fold_batchnorm, fusable, sam_neck
 from promptsam.models.sam.image_encoder import spans
 
 # Hidden activation band of an MBConv computed at once in inference (bytes, but at least 8 rows, so that the halo
@@ -81,11 +81,13 @@ class ConvBN(nn.Module):
             c, bn = self.c, self.bn
             params = (c.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
             weight, bias = self.folded_cache.get(params, "folded", self.folded)
+            if gelu and residual is None:
+                return conv_gelu(x, weight, bias, c.stride, c.padding, c.dilation, c.groups)
             if fusable(x):
                 x, weight, bias, residual = autocast_cast(x, weight, bias, residual)
                 args = (weight, bias, c.padding, c.stride, c.dilation, c.groups)
                 if residual is None:
-                    return torch.ops.mkldnn._convolution_pointwise(x, *args, "gelu" if gelu else "none", [], "none")
+                    return torch.ops.mkldnn._convolution_pointwise(x, *args, "none", [], "none")
                 # oneDNN fuses the residual add or a GELU, not both
                 y = torch.ops.mkldnn._convolution_pointwise.binary(x, residual, *args, "add", None, None, [], None)
                 return F.gelu(y) if gelu else y

@@ -211,3 +211,24 @@ def test_training_after_inference_mode() -> None:
     model.train()(x).square().mean().backward()
     model.eval()(x).square().mean().backward()  # eval with grad: masks rebuilt, not taken from the cache
     assert all(p.grad is not None for n, p in model.named_parameters() if n.endswith("attention_biases"))
+
+
+@pytest.mark.parametrize(("stride", "padding", "dilation", "groups"), [(1, 1, 1, 1), (2, 1, 1, 1), (1, 2, 2, 1),
+                                                                     (1, (1, 0), 1, 4), (1, 0, 1, 1)])
+def test_conv_gelu_fused_equals_plain_ops(stride, padding, dilation, groups) -> None:
+    """The one oneDNN kernel (no grad recorded) computes GELU(conv2d) as plain ops do, in fp32 and under autocast."""
+    from promptsam.models.sam.common import conv_gelu
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 8, 17, 19, generator=g)
+    k = 3 if padding else 1
+    weight, bias = torch.randn(16, 8 // groups, k, k, generator=g) * 0.2, torch.randn(16, generator=g)
+    plain = F.gelu(F.conv2d(x, weight, bias, stride, padding, dilation, groups))
+    with torch.no_grad():
+        fused = conv_gelu(x, weight, bias, stride, padding, dilation, groups)
+        with torch.autocast("cpu", torch.bfloat16):
+            fused16 = conv_gelu(x, weight, bias, stride, padding, dilation, groups)
+    assert fused.shape == plain.shape
+    assert (fused - plain).abs().max() < TOL
+    assert fused16.dtype == torch.bfloat16
+    assert (fused16.float() - plain).abs().max() < 0.05 * plain.abs().max()

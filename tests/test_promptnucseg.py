@@ -370,6 +370,40 @@ def test_segment_cli_bad_inputs_one_line_no_outputs(case, trained, tmp_path, cap
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_segment_cli_draws_the_nuclei_of_a_points_file(trained, crops, tmp_path, capsys):
+    """--points: SAM draws a nucleus at each given point (here the instances of a label image, as another tool would
+    give them), exactly as the Python API does with the same points; a point off the image or one file for two
+    images is one clear line and no outputs."""
+    from PIL import Image
+
+    from promptsam.data.targets import nucleus_points
+    from promptsam.io.images import write_labels
+
+    model, *_ = trained
+    model_file = model.save(tmp_path / "model.pt")
+    image, label = crops[0]["image"], crops[0]["label"]
+    Image.fromarray(image).save(tmp_path / "crop.png")
+    seeds = write_labels(tmp_path / "seeds" / "crop.tif", label)
+    expected = model.segment(image, points=nucleus_points(label)[0]).labels
+    assert expected.max() > 0
+    for given in (seeds, seeds.parent):  # the file itself, or a folder of <stem> files
+        out = tmp_path / f"out_{given.name}"
+        assert main(["segment", str(tmp_path / "crop.png"), "-o", str(out), "--model", str(model_file),
+                     "--points", str(given)]) == 0
+        assert np.array_equal(read_labels(out / "crop.labels.tif"), expected)
+
+    far = tmp_path / "far.csv"
+    far.write_text("x,y\n5,5\n500,5\n")
+    Image.fromarray(image).save(tmp_path / "other.png")
+    for inputs in ([tmp_path / "crop.png"], [tmp_path / "crop.png", tmp_path / "other.png"]):
+        capsys.readouterr()
+        out = tmp_path / "bad"
+        code = main(["segment", *map(str, inputs), "-o", str(out), "--model", str(model_file), "--points", str(far)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code != 0 and len(err) == 1 and str(far) in err[0], err
+        assert not out.exists() or not any(out.iterdir())
+
+
 def test_segment_cli_wrong_model_file(tmp_path, capsys, shared_data):
     wrong = tmp_path / "wrong.pt"
     torch.save({"not": torch.zeros(1)}, wrong)

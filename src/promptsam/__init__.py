@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    import os
-
     import numpy as np
 
     from promptsam.inference.large_image import SlideSegmentation
@@ -31,11 +30,16 @@ def _cached(model: str, device: str) -> Any:
     return _MODELS[key]
 
 
-def segment(image: np.ndarray, model: str = "default", *, device: str = "auto", fast: bool = False
-            ) -> NucleusSegmentation:
+def segment(image: np.ndarray, model: str = "default", *, device: str = "auto", fast: bool = False,
+            points: np.ndarray | str | os.PathLike | None = None) -> NucleusSegmentation:
     """Every nucleus of a 2D image: `.labels`, `.classes`, `.points`, `.scores` (models are cached by name);
-    `fast` trades a little accuracy for speed (see `PromptNucSeg.segment`)."""
-    return _cached(model, device).segment(image, fast=fast)
+    `fast` trades a little accuracy for speed (see `PromptNucSeg.segment`); `points` ((N, 2) x, y, or a points file:
+    `promptsam.io.points`) has SAM draw those nuclei instead of the prompter's."""
+    if isinstance(points, str | os.PathLike):
+        from promptsam.io.points import read_points
+
+        points = read_points(points, shape=image.shape[:2])
+    return _cached(model, device).segment(image, fast=fast, points=points)
 
 
 def segment_slide(slide: str | os.PathLike | np.ndarray, model: str = "default", *, device: str = "auto",

@@ -29,8 +29,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto", help="auto (GPU if available), cpu, cuda, mps")
     parser.add_argument("--precision", default=None, help="fp32, bf16 or auto (default: the model's setting)")
     parser.add_argument("--fast", action="store_true",
-                        help="2D: one prompter pass instead of four flipped ones (~1.3x faster, slightly fewer nuclei "
-                             "found on H&E)")
+                        help="2D: one prompter pass instead of four flipped ones, for models with test-time flips "
+                             "(the default model has them off)")
+    parser.add_argument("--points", default=None, metavar="PATH",
+                        help="2D: SAM draws a nucleus at each of these points instead of the prompter's: a CSV (x,y or "
+                             "centroid_x,centroid_y columns), a GeoJSON of points (QuPath) or a label image (one point "
+                             "per instance); a file for one input image, or a folder of <stem>.csv|.geojson|.tif")
     parser.add_argument("--block-size", type=int, default=None,
                         help="2D: segment in blocks of this many pixels (with a halo, no seams); default: blocks of "
                              f"{DEFAULT_BLOCK} for slides and images over {LARGE_PIXELS // 10**6} MP, else one pass")
@@ -241,15 +245,27 @@ def _segment_slide(model, path: Path, slide, out: Path, args: argparse.Namespace
 
 def _segment_image(model, path: Path, out: Path, args: argparse.Namespace) -> str:
     from promptsam.io.images import read_image
+    from promptsam.io.points import read_points
     from promptsam.io.slides import OPENSLIDE_SUFFIXES, open_slide
 
+    points_path = _points_file(args.points, path) if args.points else None
     if path.name.lower().endswith((".svs", *OPENSLIDE_SUFFIXES)) or args.block_size or _big_tiff(path):
+        if points_path is not None:
+            raise PromptSAMError(f"{path}: --points works on images segmented in one pass, not on slides or blocks")
         with open_slide(path) as slide:
             return _segment_slide(model, path, slide, out, args)
     image = read_image(path)
-    result = model.segment(image, fast=args.fast)
+    points = None if points_path is None else read_points(points_path, shape=image.shape[:2])
+    result = model.segment(image, fast=args.fast, points=points)
     write_outputs(out, stem(path), image, result, geojson=not args.no_geojson, overlay=not args.no_overlay)
     return f"{int(result.labels.max())} nuclei"
+
+
+def _points_file(points: str, image: Path) -> Path:
+    """The points file given for `image`: the file itself, or the image's own file in a folder of them."""
+    from promptsam.io.points import find_points_file
+
+    return find_points_file(points, stem(image)) if Path(points).is_dir() else Path(points)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -268,6 +284,9 @@ def run(args: argparse.Namespace) -> int:
             raise PromptSAMError(f"--clicks applies to one input volume; got {len(paths)}")
         segment_one = _segment_volume
     else:
+        if args.points and not Path(args.points).is_dir() and len(paths) != 1:
+            raise PromptSAMError(f"--points {args.points}: a points file applies to one input image; got {len(paths)} "
+                                 "(give a folder of <stem>.csv|.geojson|.tif files instead)")
         if args.precision:
             model.config = replace(model.config, inference=replace(model.config.inference, precision=args.precision))
         segment_one = _segment_image

@@ -1,0 +1,116 @@
+"""Nucleus points made elsewhere, as prompts for SAM: CSV tables, QuPath point annotations and label images.
+
+A points file gives one (x, y) pixel position per nucleus (column, row of the image; 0-based, pixel centres at
+integers), so that SAM draws each one instead of the prompter finding them: detections of another tool, points
+clicked in QuPath, or the instances of a label image (seeding from Cellpose, StarDist or a corrected mask).
+
+- CSV: columns `x`, `y` or `centroid_x`, `centroid_y` (promptsam's own `<stem>.csv`), any others ignored.
+- GeoJSON: Point and MultiPoint features (QuPath: Objects > Export as GeoJSON of point annotations).
+- Label image (TIFF/PNG, 0 = background): one point per instance, at its centroid (or its innermost pixel when the
+  centroid falls outside it), as the segmentor was trained (`data.targets.nucleus_points`).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+
+from promptsam.errors import InputError
+from promptsam.io.geojson import read_geojson
+from promptsam.io.images import read_labels
+
+__all__ = ["POINT_SUFFIXES", "find_points_file", "read_points"]
+
+TABLE_SUFFIXES = (".csv",)
+GEOJSON_SUFFIXES = (".geojson", ".json")
+LABEL_IMAGE_SUFFIXES = (".labels.tif", ".tif", ".tiff", ".png")
+POINT_SUFFIXES = TABLE_SUFFIXES + GEOJSON_SUFFIXES + LABEL_IMAGE_SUFFIXES
+COLUMN_PAIRS = (("x", "y"), ("centroid_x", "centroid_y"))
+
+
+def read_points(path: str | os.PathLike, *, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """(N, 2) float32 (x, y) nucleus points of a CSV, GeoJSON or label image; with `shape` (H, W) every point must
+    lie on that image."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: points file not found")
+    name = path.name.lower()
+    if name.endswith(TABLE_SUFFIXES):
+        points = _read_table(path)
+    elif name.endswith(GEOJSON_SUFFIXES):
+        points = _read_geojson_points(path)
+    elif name.endswith(LABEL_IMAGE_SUFFIXES):
+        from promptsam.data.targets import nucleus_points
+
+        labels = read_labels(path)
+        if labels.ndim != 2:
+            raise InputError(f"{path}: a label image of points must be 2D, got shape {labels.shape}")
+        points = nucleus_points(labels)[0]
+    else:
+        raise InputError(f"{path}: unknown points format (expected one of {', '.join(POINT_SUFFIXES)})")
+    if len(points) == 0:
+        raise InputError(f"{path}: no points")
+    if not np.isfinite(points).all():
+        raise InputError(f"{path}: point {int(np.flatnonzero(~np.isfinite(points).all(1))[0]) + 1} is not a number")
+    if shape is not None:
+        h, w = shape
+        outside = (points[:, 0] < -0.5) | (points[:, 0] > w - 0.5) | (points[:, 1] < -0.5) | (points[:, 1] > h - 0.5)
+        if outside.any():
+            i = int(np.flatnonzero(outside)[0])
+            raise InputError(f"{path}: point {i + 1} (x={points[i, 0]:g}, y={points[i, 1]:g}) lies outside the "
+                             f"{w}x{h} image")
+    return points
+
+
+def find_points_file(folder: str | os.PathLike, stem: str) -> Path:
+    """The points file of image `stem` in `folder`: `<stem>.csv`, `.geojson`, `.json`, `.labels.tif`, `.tif`,
+    `.tiff` or `.png`, the first that exists."""
+    folder = Path(folder)
+    for suffix in POINT_SUFFIXES:
+        candidate = folder / f"{stem}{suffix}"
+        if candidate.is_file():
+            return candidate
+    raise InputError(f"{folder}: no points file for {stem} ({stem}{', '.join(POINT_SUFFIXES)})")
+
+
+def _read_table(path: Path) -> np.ndarray:
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.reader(fh))
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: unreadable CSV ({type(err).__name__})") from None
+    if not rows:
+        raise InputError(f"{path}: empty CSV")
+    header = [h.strip().lower() for h in rows[0]]
+    pair = next((p for p in COLUMN_PAIRS if set(p) <= set(header)), None)
+    if pair is None:
+        raise InputError(f"{path}: no x,y or centroid_x,centroid_y columns (header: {','.join(rows[0])})")
+    ix, iy = header.index(pair[0]), header.index(pair[1])
+    points = []
+    for line, row in enumerate(rows[1:], 2):
+        if not any(cell.strip() for cell in row):
+            continue
+        try:
+            points.append((float(row[ix]), float(row[iy])))
+        except (IndexError, ValueError):
+            raise InputError(f"{path}: line {line} has no number in {pair[0]} or {pair[1]}") from None
+    return np.array(points, np.float32).reshape(-1, 2)
+
+
+def _read_geojson_points(path: Path) -> np.ndarray:
+    points = []
+    for i, feature in enumerate(read_geojson(path), 1):
+        geometry = feature.get("geometry") or {}
+        kind = geometry.get("type")
+        if kind not in ("Point", "MultiPoint"):
+            raise InputError(f"{path}: feature {i} is a {kind}; a points file holds Point or MultiPoint features "
+                             "(outlines: convert them to a label image with `promptsam data convert geojson`)")
+        coords = [geometry.get("coordinates")] if kind == "Point" else geometry.get("coordinates")
+        try:
+            points += [(float(c[0]), float(c[1])) for c in coords]
+        except (IndexError, TypeError, ValueError):
+            raise InputError(f"{path}: feature {i} has bad {kind} coordinates") from None
+    return np.array(points, np.float32).reshape(-1, 2)

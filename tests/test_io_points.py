@@ -1,0 +1,81 @@
+"""Points files as SAM prompts: CSV tables, QuPath point GeoJSON, label images; bad files fail on one line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from promptsam.errors import InputError
+from promptsam.io import measure_instances, write_csv, write_labels
+from promptsam.io.points import find_points_file, read_points
+
+
+def test_csv_with_x_y_columns_in_any_order(tmp_path):
+    path = tmp_path / "pts.csv"
+    path.write_text("id,y,x,class\n1,10.5,3,tumour\n2,0,7.25,stroma\n\n")
+    np.testing.assert_allclose(read_points(path), [[3, 10.5], [7.25, 0]])
+
+
+def test_promptsams_own_csv_gives_the_centroids_back(tmp_path):
+    labels = np.zeros((40, 50), np.uint16)
+    labels[5:15, 10:20] = 1  # centroid (x, y) = (14.5, 9.5)
+    labels[20:31, 30:41] = 2  # (35, 25)
+    path = write_csv(tmp_path / "out.csv", measure_instances(labels))
+    np.testing.assert_allclose(read_points(path), [[14.5, 9.5], [35, 25]])
+
+
+def test_qupath_point_and_multipoint_features(tmp_path):
+    features = [{"type": "Feature", "geometry": {"type": "Point", "coordinates": [4, 5]}, "properties": {}},
+                {"type": "Feature", "geometry": {"type": "MultiPoint", "coordinates": [[1, 2], [3.5, 4.5]]},
+                 "properties": {"objectType": "annotation"}}]
+    path = tmp_path / "points.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    np.testing.assert_allclose(read_points(path), [[4, 5], [1, 2], [3.5, 4.5]])
+
+
+def test_label_image_gives_one_point_inside_each_instance(tmp_path):
+    labels = np.zeros((30, 30), np.uint16)
+    labels[2:8, 2:8] = 1
+    labels[12:28, 10:28] = 2
+    labels[15:25, 14:28] = 0  # instance 2 is a C: its centroid (16.6, 19.5) lies in the gap
+    assert labels[20, 17] == 0
+    path = write_labels(tmp_path / "seeds.tif", labels)
+    points = read_points(path)
+    assert len(points) == 2
+    for i, (x, y) in enumerate(np.rint(points).astype(int), 1):
+        assert labels[y, x] == i
+
+
+def test_points_file_of_an_image_in_a_folder(tmp_path):
+    (tmp_path / "a.geojson").write_text("[]")
+    (tmp_path / "b.csv").write_text("x,y\n1,1\n")
+    assert find_points_file(tmp_path, "b") == tmp_path / "b.csv"
+    assert find_points_file(tmp_path, "a") == tmp_path / "a.geojson"
+    with pytest.raises(InputError, match="no points file for c"):
+        find_points_file(tmp_path, "c")
+
+
+@pytest.mark.parametrize(("name", "text", "message"), [
+    ("cols.csv", "a,b\n1,2\n", "no x,y or centroid_x,centroid_y columns"),
+    ("nan.csv", "x,y\n1,2\n3,oops\n", "line 3 has no number"),
+    ("empty.csv", "", "empty CSV"),
+    ("header.csv", "x,y\n", "no points"),
+    ("poly.geojson", json.dumps([{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [1, 0],
+                                 [1, 1], [0, 0]]]}}]), "feature 1 is a Polygon"),
+    ("broken.geojson", "{not json", "unreadable GeoJSON"),
+    ("far.csv", "x,y\n5,5\n100,5\n", "point 2 .x=100, y=5. lies outside the 64x32 image"),
+    ("pts.txt", "x,y\n1,1\n", "unknown points format"),
+])
+def test_bad_points_files_name_the_file_and_the_problem(tmp_path, name, text, message):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(InputError, match=message) as err:
+        read_points(path, shape=(32, 64))
+    assert str(err.value).startswith(str(path)) and "\n" not in str(err.value)
+
+
+def test_missing_points_file(tmp_path):
+    with pytest.raises(InputError, match="points file not found"):
+        read_points(tmp_path / "nope.csv")

@@ -26,13 +26,14 @@ def test_promptsams_own_csv_gives_the_centroids_back(tmp_path):
     np.testing.assert_allclose(read_points(path), [[14.5, 9.5], [35, 25]])
 
 
-def test_qupath_point_and_multipoint_features(tmp_path):
+def test_qupath_point_and_multipoint_features_in_pixel_edge_coordinates(tmp_path):
+    """QuPath puts a pixel's centre at +0.5 (as promptsam's GeoJSON outlines do); prompts sit on pixel centres."""
     features = [{"type": "Feature", "geometry": {"type": "Point", "coordinates": [4, 5]}, "properties": {}},
                 {"type": "Feature", "geometry": {"type": "MultiPoint", "coordinates": [[1, 2], [3.5, 4.5]]},
                  "properties": {"objectType": "annotation"}}]
     path = tmp_path / "points.geojson"
     path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
-    np.testing.assert_allclose(read_points(path), [[4, 5], [1, 2], [3.5, 4.5]])
+    np.testing.assert_allclose(read_points(path), [[3.5, 4.5], [0.5, 1.5], [3, 4]])
 
 
 def test_label_image_gives_one_point_inside_each_instance(tmp_path):

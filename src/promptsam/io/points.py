@@ -5,7 +5,8 @@ integers), so that SAM draws each one instead of the prompter finding them: dete
 clicked in QuPath, or the instances of a label image (seeding from Cellpose, StarDist or a corrected mask).
 
 - CSV: columns `x`, `y` or `centroid_x`, `centroid_y` (promptsam's own `<stem>.csv`), any others ignored.
-- GeoJSON: Point and MultiPoint features (QuPath: Objects > Export as GeoJSON of point annotations).
+- GeoJSON: Point and MultiPoint features (QuPath: Objects > Export as GeoJSON of point annotations), in QuPath's
+  pixel-edge coordinates (a pixel's centre at +0.5, as promptsam's own GeoJSON), moved onto pixel centres.
 - Label image (TIFF/PNG, 0 = background): one point per instance, at its centroid (or its innermost pixel when the
   centroid falls outside it), as the segmentor was trained (`data.targets.nucleus_points`).
 """
@@ -110,7 +111,7 @@ def _read_geojson_points(path: Path) -> np.ndarray:
                              "(outlines: convert them to a label image with `promptsam data convert geojson`)")
         coords = [geometry.get("coordinates")] if kind == "Point" else geometry.get("coordinates")
         try:
-            points += [(float(c[0]), float(c[1])) for c in coords]
+            points += [(float(c[0]) - 0.5, float(c[1]) - 0.5) for c in coords]  # pixel edges -> pixel centres
         except (IndexError, TypeError, ValueError):
             raise InputError(f"{path}: feature {i} has bad {kind} coordinates") from None
     return np.array(points, np.float32).reshape(-1, 2)

@@ -56,6 +56,12 @@ def test_points_file_of_an_image_in_a_folder(tmp_path):
     assert find_points_file(tmp_path, "a") == tmp_path / "a.geojson"
     with pytest.raises(InputError, match="no points file for c"):
         find_points_file(tmp_path, "c")
+    (tmp_path / "d.png").write_bytes(b"an image, not its points")
+    (tmp_path / "d.tif").write_bytes(b"its label image")
+    assert find_points_file(tmp_path, "d", image=tmp_path / "d.png") == tmp_path / "d.tif"
+    (tmp_path / "d.tif").unlink()
+    with pytest.raises(InputError, match="no points file for d"):  # the image itself is never its own points file
+        find_points_file(tmp_path, "d", image=tmp_path / "d.png")
 
 
 @pytest.mark.parametrize(("name", "text", "message"), [

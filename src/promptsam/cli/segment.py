@@ -265,7 +265,7 @@ def _points_file(points: str, image: Path) -> Path:
     """The points file given for `image`: the file itself, or the image's own file in a folder of them."""
     from promptsam.io.points import find_points_file
 
-    return find_points_file(points, stem(image)) if Path(points).is_dir() else Path(points)
+    return find_points_file(points, stem(image), image=image) if Path(points).is_dir() else Path(points)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -66,13 +66,13 @@ def read_points(path: str | os.PathLike, *, shape: tuple[int, int] | None = None
     return points
 
 
-def find_points_file(folder: str | os.PathLike, stem: str) -> Path:
+def find_points_file(folder: str | os.PathLike, stem: str, *, image: str | os.PathLike | None = None) -> Path:
     """The points file of image `stem` in `folder`: `<stem>.csv`, `.geojson`, `.json`, `.labels.tif`, `.tif`,
-    `.tiff` or `.png`, the first that exists."""
+    `.tiff` or `.png`, the first that exists and is not the `image` file itself."""
     folder = Path(folder)
     for suffix in POINT_SUFFIXES:
         candidate = folder / f"{stem}{suffix}"
-        if candidate.is_file():
+        if candidate.is_file() and not (image is not None and candidate.resolve() == Path(image).resolve()):
             return candidate
     raise InputError(f"{folder}: no points file for {stem} ({stem}{', '.join(POINT_SUFFIXES)})")
 

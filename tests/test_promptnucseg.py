@@ -318,6 +318,8 @@ def test_typed_model_writes_class_map_and_classified_geojson(trained, crops, tmp
     assert logits.shape[-1] == 4
 
     points, _ = nucleus_points(label)
+    untyped = typed.segment(image, points=points)  # points of another tool carry no type: none is made up
+    assert untyped.labels.max() > 0 and not untyped.classes.any() and not untyped.point_classes.any()
     types = np.arange(len(points)) % 3 + 1
     result = typed.segment(image, points=points, point_classes=types)
     out = tmp_path / "out"

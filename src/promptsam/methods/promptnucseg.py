@@ -280,7 +280,8 @@ class PromptNucSeg(nn.Module):
     def segment(self, image: np.ndarray, *, points: np.ndarray | None = None,
                 point_classes: np.ndarray | None = None, fast: bool = False,
                 scale: float | None = None) -> NucleusSegmentation:
-        """Segment every nucleus of an (H, W) or (H, W, 3) image of any dtype; `points` skips the prompter; `fast`
+        """Segment every nucleus of an (H, W) or (H, W, 3) image of any dtype; `points` skips the prompter (without
+        `point_classes` a typed model leaves them unclassified, 0); `fast`
         skips the prompter's test-time flips of models that use them (~1.3x faster on H&E; the default model v5
         has them off: with them its validation PQ was 0.353 / 0.603 / 0.250 vs 0.350 / 0.611 / 0.249 without);
         `scale` fixes SAM's magnification instead of reading it off
@@ -298,7 +299,9 @@ class PromptNucSeg(nn.Module):
         points = np.asarray(points, np.float32).reshape(-1, 2)
         if scale is None:
             scale = self.magnification(prompts) if inf.nucleus_diameter else self.config.segmentor.scale
-        point_classes = np.ones(len(points), np.int64) if point_classes is None else np.asarray(point_classes)
+        if point_classes is None:  # given points without types: a typed model leaves them unclassified (0)
+            point_classes = np.full(len(points), 0 if self.config.prompter.num_classes > 1 else 1, np.int64)
+        point_classes = np.asarray(point_classes)
         seen = zoom_image(rgb, scale)  # SAM draws at its training magnification, results return to the input grid
         candidates = segment_points(
             self.segmentor, seen, (points + 0.5) * scale - 0.5, overlap=inf.overlap,

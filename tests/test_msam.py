@@ -233,3 +233,11 @@ def test_segment_cli_writes_mask_with_input_geometry_and_rejects_bad_volumes(tra
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and f"{name}.nii.gz" in err[0]
         assert not (tmp_path / name).exists() or not any((tmp_path / name).iterdir())
+
+    capsys.readouterr()  # nucleus points are a 2D option: one line, nothing written
+    (tmp_path / "pts.csv").write_text("x,y\n1,1\n")
+    code = main(["segment", str(tmp_path / "case.nii.gz"), "-o", str(tmp_path / "pts"), "--model", model,
+                 "--points", str(tmp_path / "pts.csv")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and "pts.csv" in err[0] and "--clicks" in err[0]
+    assert not (tmp_path / "pts").exists()

@@ -282,6 +282,8 @@ def run(args: argparse.Namespace) -> int:
             raise PromptSAMError(f"{flat[0]}: the M-SAM model segments NIfTI volumes (.nii, .nii.gz), not 2D images")
         if args.clicks and len(paths) != 1:
             raise PromptSAMError(f"--clicks applies to one input volume; got {len(paths)}")
+        if args.points:
+            raise PromptSAMError(f"--points {args.points}: nucleus points are for 2D models; 3D models take --clicks")
         segment_one = _segment_volume
     else:
         if args.points and not Path(args.points).is_dir() and len(paths) != 1:

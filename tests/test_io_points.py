@@ -86,3 +86,33 @@ def test_bad_points_files_name_the_file_and_the_problem(tmp_path, name, text, me
 def test_missing_points_file(tmp_path):
     with pytest.raises(InputError, match="points file not found"):
         read_points(tmp_path / "nope.csv")
+
+
+TYPES = ("tumour", "lymphocyte", "stroma")
+
+
+def test_point_types_by_name_or_id_for_a_typed_model(tmp_path):
+    """A `class` column (names in any case, ids, 0 or empty = unclassified) or QuPath classification names."""
+    from promptsam.io.points import read_prompts
+
+    table = tmp_path / "typed.csv"
+    table.write_text("x,y,class\n1,1,Tumour\n2,2,3\n3,3,0\n4,4,\n5,5,lymphocyte\n")
+    points, classes = read_prompts(table, class_names=TYPES)
+    assert len(points) == 5 and classes.tolist() == [1, 3, 0, 0, 2]
+    assert read_prompts(table, class_names=("nucleus",))[1] is None  # a class-agnostic model ignores types
+    untyped = tmp_path / "untyped.csv"
+    untyped.write_text("x,y\n1,1\n")
+    assert read_prompts(untyped, class_names=TYPES)[1] is None
+
+    features = [{"type": "Feature", "geometry": {"type": "MultiPoint", "coordinates": [[1, 1], [2, 2]]},
+                 "properties": {"classification": {"name": "Stroma", "color": [0, 0, 255]}}},
+                {"type": "Feature", "geometry": {"type": "Point", "coordinates": [3, 3]}, "properties": {}}]
+    qupath = tmp_path / "typed.geojson"
+    qupath.write_text(json.dumps(features))
+    assert read_prompts(qupath, class_names=TYPES)[1].tolist() == [3, 3, 0]
+
+    wrong = tmp_path / "wrong.csv"
+    wrong.write_text("x,y,class\n1,1,macrophage\n")
+    with pytest.raises(InputError, match="'macrophage' is not one of the model's types") as err:
+        read_prompts(wrong, class_names=TYPES)
+    assert str(err.value).startswith(str(wrong))

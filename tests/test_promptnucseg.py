@@ -346,6 +346,14 @@ def test_typed_model_writes_class_map_and_classified_geojson(trained, crops, tmp
     assert main(["segment", str(tmp_path / "crop.png"), "-o", str(cli_out), "--model", str(model_file), "--fast"]) == 0
     assert read_labels(cli_out / "crop.classes.tif").shape == labels.shape
 
+    # typed points from a file (a class column by name): the same class map as the Python API with those types
+    table = tmp_path / "typed_points.csv"
+    table.write_text("x,y,class\n" + "".join(f"{x},{y},{names[t - 1]}\n" for (x, y), t in zip(points, types,
+                                                                                                strict=True)))
+    assert main(["segment", str(tmp_path / "crop.png"), "-o", str(tmp_path / "typed_cli"), "--model",
+                 str(model_file), "--points", str(table)]) == 0
+    assert np.array_equal(read_labels(tmp_path / "typed_cli" / "crop.classes.tif"), result.classes)
+
 
 @pytest.mark.parametrize("case", ["unreadable", "rgba", "tiny", "empty"])
 def test_segment_cli_bad_inputs_one_line_no_outputs(case, trained, tmp_path, capsys):

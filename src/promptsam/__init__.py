@@ -34,12 +34,13 @@ def segment(image: np.ndarray, model: str = "default", *, device: str = "auto", 
             points: np.ndarray | str | os.PathLike | None = None) -> NucleusSegmentation:
     """Every nucleus of a 2D image: `.labels`, `.classes`, `.points`, `.scores` (models are cached by name);
     `fast` trades a little accuracy for speed (see `PromptNucSeg.segment`); `points` ((N, 2) x, y, or a points file:
-    `promptsam.io.points`) has SAM draw those nuclei instead of the prompter's."""
+    `promptsam.io.points`, whose types a typed model reads) has SAM draw those nuclei instead of the prompter's."""
+    pipeline, types = _cached(model, device), None
     if isinstance(points, str | os.PathLike):
-        from promptsam.io.points import read_points
+        from promptsam.io.points import read_prompts
 
-        points = read_points(points, shape=image.shape[:2])
-    return _cached(model, device).segment(image, fast=fast, points=points)
+        points, types = read_prompts(points, shape=image.shape[:2], class_names=pipeline.config.class_names)
+    return pipeline.segment(image, fast=fast, points=points, point_classes=types)
 
 
 def segment_slide(slide: str | os.PathLike | np.ndarray, model: str = "default", *, device: str = "auto",

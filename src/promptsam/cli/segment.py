@@ -33,8 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                              "(the default model has them off)")
     parser.add_argument("--points", default=None, metavar="PATH",
                         help="2D: SAM draws a nucleus at each of these points instead of the prompter's: a CSV (x,y or "
-                             "centroid_x,centroid_y columns), a GeoJSON of points (QuPath) or a label image (one point "
-                             "per instance); a file for one input image, or a folder of <stem>.csv|.geojson|.tif")
+                             "centroid_x,centroid_y columns, optional class), a GeoJSON of points (QuPath, with their "
+                             "classification) or a label image (one point per instance); a file for one input image, "
+                             "or a folder of <stem>.csv|.geojson|.tif")
     parser.add_argument("--block-size", type=int, default=None,
                         help="2D: segment in blocks of this many pixels (with a halo, no seams); default: blocks of "
                              f"{DEFAULT_BLOCK} for slides and images over {LARGE_PIXELS // 10**6} MP, else one pass")
@@ -245,7 +246,7 @@ def _segment_slide(model, path: Path, slide, out: Path, args: argparse.Namespace
 
 def _segment_image(model, path: Path, out: Path, args: argparse.Namespace) -> str:
     from promptsam.io.images import read_image
-    from promptsam.io.points import read_points
+    from promptsam.io.points import read_prompts
     from promptsam.io.slides import OPENSLIDE_SUFFIXES, open_slide
 
     points_path = _points_file(args.points, path) if args.points else None
@@ -255,8 +256,9 @@ def _segment_image(model, path: Path, out: Path, args: argparse.Namespace) -> st
         with open_slide(path) as slide:
             return _segment_slide(model, path, slide, out, args)
     image = read_image(path)
-    points = None if points_path is None else read_points(points_path, shape=image.shape[:2])
-    result = model.segment(image, fast=args.fast, points=points)
+    points, types = (None, None) if points_path is None else read_prompts(
+        points_path, shape=image.shape[:2], class_names=model.config.class_names)
+    result = model.segment(image, fast=args.fast, points=points, point_classes=types)
     write_outputs(out, stem(path), image, result, geojson=not args.no_geojson, overlay=not args.no_overlay)
     return f"{int(result.labels.max())} nuclei"
 

@@ -4,9 +4,11 @@ A points file gives one (x, y) pixel position per nucleus (column, row of the im
 integers), so that SAM draws each one instead of the prompter finding them: detections of another tool, points
 clicked in QuPath, or the instances of a label image (seeding from Cellpose, StarDist or a corrected mask).
 
-- CSV: columns `x`, `y` or `centroid_x`, `centroid_y` (promptsam's own `<stem>.csv`), any others ignored.
+- CSV: columns `x`, `y` or `centroid_x`, `centroid_y` (promptsam's own `<stem>.csv`), an optional `class` column
+  (a type name or id), any others ignored.
 - GeoJSON: Point and MultiPoint features (QuPath: Objects > Export as GeoJSON of point annotations), in QuPath's
-  pixel-edge coordinates (a pixel's centre at +0.5, as promptsam's own GeoJSON), moved onto pixel centres.
+  pixel-edge coordinates (a pixel's centre at +0.5, as promptsam's own GeoJSON), moved onto pixel centres; the
+  feature's QuPath classification name is the points' type.
 - Label image (TIFF/PNG, 0 = background): one point per instance, at its centroid (or its innermost pixel when the
   centroid falls outside it), as the segmentor was trained (`data.targets.nucleus_points`).
 """
@@ -23,7 +25,7 @@ from promptsam.errors import InputError
 from promptsam.io.geojson import read_geojson
 from promptsam.io.images import read_labels
 
-__all__ = ["POINT_SUFFIXES", "find_points_file", "read_points"]
+__all__ = ["POINT_SUFFIXES", "find_points_file", "read_points", "read_prompts"]
 
 TABLE_SUFFIXES = (".csv",)
 GEOJSON_SUFFIXES = (".geojson", ".json")
@@ -35,14 +37,31 @@ COLUMN_PAIRS = (("x", "y"), ("centroid_x", "centroid_y"))
 def read_points(path: str | os.PathLike, *, shape: tuple[int, int] | None = None) -> np.ndarray:
     """(N, 2) float32 (x, y) nucleus points of a CSV, GeoJSON or label image; with `shape` (H, W) every point must
     lie on that image."""
+    return _read_typed(path, shape=shape)[0]
+
+
+def read_prompts(path: str | os.PathLike, *, shape: tuple[int, int] | None = None,
+                 class_names: tuple[str, ...] | list[str] = ()) -> tuple[np.ndarray, np.ndarray | None]:
+    """`read_points` and, for a model with several nucleus types (`class_names`), each point's class id 1..K from
+    the file's types (by name, any case, or id; 0 = unclassified); None when the file or the model has no types."""
+    points, types = _read_typed(path, shape=shape)
+    if types is None or len(class_names) < 2:
+        return points, None
+    return points, _class_ids(types, class_names, source=path)
+
+
+def _read_typed(path: str | os.PathLike, *, shape: tuple[int, int] | None = None
+                ) -> tuple[np.ndarray, list[str] | None]:
+    """Points and each point's type as written in the file ("" where none), or None when the file has none."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: points file not found")
     name = path.name.lower()
+    types: list[str] | None = None
     if name.endswith(TABLE_SUFFIXES):
-        points = _read_table(path)
+        points, types = _read_table(path)
     elif name.endswith(GEOJSON_SUFFIXES):
-        points = _read_geojson_points(path)
+        points, types = _read_geojson_points(path)
     elif name.endswith(LABEL_IMAGE_SUFFIXES):
         from promptsam.data.targets import nucleus_points
 
@@ -63,7 +82,25 @@ def read_points(path: str | os.PathLike, *, shape: tuple[int, int] | None = None
             i = int(np.flatnonzero(outside)[0])
             raise InputError(f"{path}: point {i + 1} (x={points[i, 0]:g}, y={points[i, 1]:g}) lies outside the "
                              f"{w}x{h} image")
-    return points
+    return points, (types if types is not None and any(types) else None)
+
+
+def _class_ids(types: list[str], class_names: tuple[str, ...] | list[str], *, source: str | os.PathLike
+               ) -> np.ndarray:
+    """(N,) class ids 1..K of point types given by name (any case) or id in `class_names`; "" is 0, unclassified."""
+    lookup = {n.lower(): i for i, n in enumerate(class_names, 1)}
+    ids = []
+    for t in types:
+        t = t.strip()
+        if not t:
+            ids.append(0)
+        elif t.lower() in lookup:
+            ids.append(lookup[t.lower()])
+        elif t.isdigit() and int(t) <= len(class_names):
+            ids.append(int(t))
+        else:
+            raise InputError(f"{source}: point type {t!r} is not one of the model's types ({', '.join(class_names)})")
+    return np.array(ids, np.int64)
 
 
 def find_points_file(folder: str | os.PathLike, stem: str, *, image: str | os.PathLike | None = None) -> Path:
@@ -90,7 +127,8 @@ def _read_table(path: Path) -> np.ndarray:
     if pair is None:
         raise InputError(f"{path}: no x,y or centroid_x,centroid_y columns (header: {','.join(rows[0])})")
     ix, iy = header.index(pair[0]), header.index(pair[1])
-    points = []
+    ic = header.index("class") if "class" in header else None
+    points, types = [], []
     for line, row in enumerate(rows[1:], 2):
         if not any(cell.strip() for cell in row):
             continue
@@ -98,11 +136,13 @@ def _read_table(path: Path) -> np.ndarray:
             points.append((float(row[ix]), float(row[iy])))
         except (IndexError, ValueError):
             raise InputError(f"{path}: line {line} has no number in {pair[0]} or {pair[1]}") from None
-    return np.array(points, np.float32).reshape(-1, 2)
+        kind = row[ic].strip() if ic is not None and ic < len(row) else ""
+        types.append("" if kind == "0" else kind)  # promptsam's own CSV writes 0 for an unclassified nucleus
+    return np.array(points, np.float32).reshape(-1, 2), (types if ic is not None else None)
 
 
-def _read_geojson_points(path: Path) -> np.ndarray:
-    points = []
+def _read_geojson_points(path: Path) -> tuple[np.ndarray, list[str]]:
+    points, types = [], []
     for i, feature in enumerate(read_geojson(path), 1):
         geometry = feature.get("geometry") or {}
         kind = geometry.get("type")
@@ -111,7 +151,11 @@ def _read_geojson_points(path: Path) -> np.ndarray:
                              "(outlines: convert them to a label image with `promptsam data convert geojson`)")
         coords = [geometry.get("coordinates")] if kind == "Point" else geometry.get("coordinates")
         try:
-            points += [(float(c[0]) - 0.5, float(c[1]) - 0.5) for c in coords]  # pixel edges -> pixel centres
+            found = [(float(c[0]) - 0.5, float(c[1]) - 0.5) for c in coords]  # pixel edges -> pixel centres
         except (IndexError, TypeError, ValueError):
             raise InputError(f"{path}: feature {i} has bad {kind} coordinates") from None
-    return np.array(points, np.float32).reshape(-1, 2)
+        cls = (feature.get("properties") or {}).get("classification")
+        name = cls.get("name") if isinstance(cls, dict) else cls if isinstance(cls, str) else None
+        points += found
+        types += [str(name or "")] * len(found)
+    return np.array(points, np.float32).reshape(-1, 2), types

@@ -36,8 +36,14 @@ class ThresholdModel:
     config = SimpleNamespace(inference=SimpleNamespace(nucleus_diameter=None), segmentor=SimpleNamespace(scale=1.0),
                              prompter=SimpleNamespace(num_classes=1), class_names=("nucleus",))
 
-    def segment(self, image, *, fast=False, scale=None):
+    def segment(self, image, *, fast=False, scale=None, points=None, point_classes=None):
         labels, n = ndimage.label(np.asarray(image)[..., 0] < 128)
+        if points is not None:  # given points: only the blobs they fall on
+            x, y = np.rint(points).astype(int).T
+            kept = np.unique(labels[y, x])
+            lut = np.zeros(n + 1, np.int64)
+            lut[kept[kept > 0]] = np.arange(1, int((kept > 0).sum()) + 1)
+            labels, n = lut[labels], int((kept > 0).sum())
         centres = np.array(ndimage.center_of_mass(labels > 0, labels, np.arange(1, n + 1))).reshape(-1, 2)
         return NucleusSegmentation(labels=labels.astype(np.uint32), classes=None, points=centres[:, ::-1],
                                    point_classes=np.ones(n, np.int64), scores=np.linspace(0.5, 1, n),
@@ -151,6 +157,28 @@ def test_blocks_without_tissue_are_skipped():
     assert tissue_mask(np.full((64, 64, 3), 200, np.uint8)).all()  # no contrast: nothing skipped
 
 
+def test_given_points_are_drawn_block_by_block_and_only_blocks_with_points_run():
+    """Points of another tool on a large image: the same nuclei as one pass with those points, no seams, and the
+    blocks holding no point are not segmented at all."""
+    from promptsam.data.targets import nucleus_points
+
+    image = _disc_image()
+    model = ThresholdModel()
+    every, _ = nucleus_points(model.segment(image).labels)
+    points = every[(every[:, 0] < 200) | (every[:, 1] < 64)]  # left part and top rows of the image only
+    whole = model.segment(image, points=points).labels
+    assert 0 < whole.max() < model.segment(image).labels.max()
+    calls = []
+    counting = SimpleNamespace(config=model.config,
+                               segment=lambda im, **kw: (calls.append(1), model.segment(im, **kw))[1])
+    result = segment_slide(counting, ArraySlide(image), block=64, halo=24, points=points)
+    assert _same_partition(whole, result.labels) and result.count == whole.max()
+    blocks = plan_blocks(image.shape[:2], block=64, halo=24)
+    with_points = [b for b in blocks if any(b.region[1] <= x < b.region[3] and b.region[0] <= y < b.region[2]
+                                            for x, y in np.rint(points))]
+    assert len(calls) == len(with_points) < len(blocks) and result.skipped == len(blocks) - len(with_points)
+
+
 def test_tiff_slide_reads_regions_thumbnails_and_rejects_bad_files(tmp_path):
     image = _disc_image((600, 500))
     path = tmp_path / "slide.tif"
@@ -210,6 +238,21 @@ def test_segment_cli_in_blocks_writes_consistent_outputs(tmp_path, shared_data, 
     # block-wise agrees with one pass over the whole image
     whole = load_model("default", device="cpu").segment(read_image(path), fast=True)
     assert score_instances(whole.labels, labels)["dq"] > 0.8
+    # points of another tool (here the ground truth's, as a label image): only blocks holding points run, and the
+    # nuclei are those one pass draws from the same points
+    from promptsam.data.targets import nucleus_points
+    from promptsam.io.images import write_labels
+
+    truth = read_labels(shared_data / "monuseg" / "train" / "labels" / f"{name}.tif")[:384, :448]
+    truth[:, 192:] = 0  # seeds in the left blocks only
+    seeds = write_labels(tmp_path / "seeds.tif", truth)
+    code = main(["segment", str(path), "-o", str(tmp_path / "seeded"), "--block-size", "192", "--device", "cpu",
+                 "--points", str(seeds)])
+    assert code == 0, capsys.readouterr().err
+    assert "(2 without points skipped)" in capsys.readouterr().out
+    one_pass = load_model("default", device="cpu").segment(read_image(path), points=nucleus_points(truth)[0])
+    seeded = read_labels(tmp_path / "seeded" / "tissue.labels.tif")
+    assert seeded[:, 256:].max() == 0 and score_instances(one_pass.labels, seeded)["dq"] > 0.8
     # blocks in two worker processes (model loaded by name, slide opened from its path there): the same nuclei
     code = main(["segment", str(path), "-o", str(tmp_path / "workers"), "--block-size", "192", "--fast",
                  "--device", "cpu", "--workers", "2"])

@@ -45,17 +45,24 @@ def segment(image: np.ndarray, model: str = "default", *, device: str = "auto", 
 
 def segment_slide(slide: str | os.PathLike | np.ndarray, model: str = "default", *, device: str = "auto",
                   block: int = 1024, halo: int = 64, fast: bool = False, tissue: bool = True,
-                  workers: int | None = None, scheduler: str | None = None) -> SlideSegmentation:
+                  workers: int | None = None, scheduler: str | None = None,
+                  points: np.ndarray | str | os.PathLike | None = None) -> SlideSegmentation:
     """Every nucleus of an image too large for one pass (whole-slide image file, big TIFF or array), block by block
     without seams (`inference.large_image`); blocks without tissue are skipped unless `tissue` is False. Blocks run
-    in `workers` local processes or on the workers of a dask `scheduler` address when given."""
+    in `workers` local processes or on the workers of a dask `scheduler` address when given. `points` (level-0
+    x, y, or a points file) are drawn instead of the prompter's, in the blocks that hold them."""
     from promptsam.inference.large_image import block_executor
     from promptsam.inference.large_image import segment_slide as run
     from promptsam.io.slides import open_slide
 
+    pipeline, types = _cached(model, device), None
     with open_slide(slide) as source, block_executor(workers=workers, scheduler=scheduler) as executor:
-        return run(_cached(model, device), source, block=block, halo=halo, fast=fast, tissue=tissue,
-                   executor=executor, worker_model=str(model))
+        if isinstance(points, str | os.PathLike):
+            from promptsam.io.points import read_prompts
+
+            points, types = read_prompts(points, shape=source.shape, class_names=pipeline.config.class_names)
+        return run(pipeline, source, block=block, halo=halo, fast=fast, tissue=tissue, executor=executor,
+                   worker_model=str(model), points=points, point_classes=types)
 
 
 __all__ = ["__version__", "load_model", "segment", "segment_slide"]

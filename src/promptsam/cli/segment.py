@@ -34,8 +34,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--points", default=None, metavar="PATH",
                         help="2D: SAM draws a nucleus at each of these points instead of the prompter's: a CSV (x,y or "
                              "centroid_x,centroid_y columns, optional class), a GeoJSON of points (QuPath, with their "
-                             "classification) or a label image (one point per instance); a file for one input image, "
-                             "or a folder of <stem>.csv|.geojson|.tif")
+                             "classification) or a label image (one point per instance), in level-0 pixels; a file "
+                             "for one input image, or a folder of <stem>.csv|.geojson|.tif; slides: only blocks with "
+                             "points are segmented")
     parser.add_argument("--block-size", type=int, default=None,
                         help="2D: segment in blocks of this many pixels (with a halo, no seams); default: blocks of "
                              f"{DEFAULT_BLOCK} for slides and images over {LARGE_PIXELS // 10**6} MP, else one pass")
@@ -198,12 +199,15 @@ def write_slide_outputs(out: Path, name: str, result, labels_path: Path, classes
     return written
 
 
-def _segment_slide(model, path: Path, slide, out: Path, args: argparse.Namespace) -> str:
-    """Block-wise segmentation of a large image into memory-mapped maps beside the outputs (removed afterwards).
+def _segment_slide(model, path: Path, slide, out: Path, args: argparse.Namespace, prompts: tuple = (None, None),
+                   points_path: Path | None = None) -> str:
+    """Block-wise segmentation of a large image into memory-mapped maps beside the outputs (removed afterwards);
+    `prompts` are given (points, classes) in level-0 pixels, read from `points_path`.
 
     Finished blocks are kept in `OUT/.<stem>.blocks/` until the outputs are written, so running the same command
     again after an interruption segments only the blocks still missing.
     """
+    import hashlib
     import shutil
     import tempfile
 
@@ -220,7 +224,8 @@ def _segment_slide(model, path: Path, slide, out: Path, args: argparse.Namespace
     manifest = {"image": str(path.resolve()), "bytes": path.stat().st_size, "mtime": path.stat().st_mtime_ns,
                 "shape": list(slide.shape), "block": block, "halo": halo, "fast": args.fast,
                 "tissue": not args.all_blocks, "model": args.model, "precision": args.precision,
-                "model_mtime": model_file.stat().st_mtime_ns if model_file.is_file() else None}
+                "model_mtime": model_file.stat().st_mtime_ns if model_file.is_file() else None,
+                "points": None if points_path is None else hashlib.sha256(points_path.read_bytes()).hexdigest()}
     cache = BlockCache(out / f".{stem(path)}.blocks", manifest)
     if len(cache):
         print(f"{path}: resuming, {len(cache)} blocks already done", file=sys.stderr)
@@ -234,11 +239,13 @@ def _segment_slide(model, path: Path, slide, out: Path, args: argparse.Namespace
             model, slide, block=block, halo=halo, fast=args.fast, tissue=not args.all_blocks,
             labels=labels, classes=classes,
             progress=lambda it: tqdm(it, desc=path.name, unit="block", disable=not sys.stderr.isatty()),
-            executor=args.executor, worker_model=None if args.precision else args.model, cache=cache)
+            executor=args.executor, worker_model=None if args.precision else args.model, cache=cache,
+            points=prompts[0], point_classes=prompts[1])
         write_slide_outputs(out, stem(path), result, labels_path, classes_path,
                             geojson=not args.no_geojson, overlay=not args.no_overlay)
         summary = (f"{result.count} nuclei in {len(result.blocks)} blocks of {block} px "
-                   f"({result.skipped} without tissue skipped), median magnification {result.scale:.2f}")
+                   f"({result.skipped} without {'tissue' if points_path is None else 'points'} skipped), "
+                   f"median magnification {result.scale:.2f}")
         del labels, classes, result  # release the memory maps before their folder is removed
     shutil.rmtree(cache.folder)  # the outputs are complete: the finished blocks are no longer needed
     return summary
@@ -250,14 +257,18 @@ def _segment_image(model, path: Path, out: Path, args: argparse.Namespace) -> st
     from promptsam.io.slides import OPENSLIDE_SUFFIXES, open_slide
 
     points_path = _points_file(args.points, path) if args.points else None
+
+    def given(shape: tuple[int, int]) -> tuple:
+        """The points file's points and types for an image of `shape`, or (None, None)."""
+        if points_path is None:
+            return None, None
+        return read_prompts(points_path, shape=shape, class_names=model.config.class_names)
+
     if path.name.lower().endswith((".svs", *OPENSLIDE_SUFFIXES)) or args.block_size or _big_tiff(path):
-        if points_path is not None:
-            raise PromptSAMError(f"{path}: --points works on images segmented in one pass, not on slides or blocks")
         with open_slide(path) as slide:
-            return _segment_slide(model, path, slide, out, args)
+            return _segment_slide(model, path, slide, out, args, given(slide.shape), points_path)
     image = read_image(path)
-    points, types = (None, None) if points_path is None else read_prompts(
-        points_path, shape=image.shape[:2], class_names=model.config.class_names)
+    points, types = given(image.shape[:2])
     result = model.segment(image, fast=args.fast, points=points, point_classes=types)
     write_outputs(out, stem(path), image, result, geojson=not args.no_geojson, overlay=not args.no_overlay)
     return f"{int(result.labels.max())} nuclei"

@@ -137,11 +137,14 @@ class BlockResult:
 
 
 def segment_block(model: Any, region: np.ndarray, block: Block, *, window: tuple[float, float] | None = None,
-                  fast: bool = False, scale: float | None = None) -> BlockResult:
-    """Segment the pixels of `block.region` and keep the nuclei whose centroid lies in the block's core."""
+                  fast: bool = False, scale: float | None = None, points: np.ndarray | None = None,
+                  point_classes: np.ndarray | None = None) -> BlockResult:
+    """Segment the pixels of `block.region` and keep the nuclei whose centroid lies in the block's core; given
+    `points` (x, y in the region's pixels) are drawn instead of the prompter's."""
     ry0, rx0, ry1, rx1 = block.region
     cy0, cx0, cy1, cx1 = block.core
-    result = model.segment(to_uint8(region, window), fast=fast, scale=scale)
+    prompts = {} if points is None else {"points": points, "point_classes": point_classes}
+    result = model.segment(to_uint8(region, window), fast=fast, scale=scale, **prompts)
     n = int(result.labels.max())
     if n:
         centres = np.array(ndimage.center_of_mass(np.ones_like(result.labels), result.labels,
@@ -164,7 +167,8 @@ _WORKER_MODELS: dict[str, Any] = {}
 
 
 def _worker_block(model: Any, region: np.ndarray, block: Block, window: tuple[float, float] | None, fast: bool,
-                  scale: float | None) -> BlockResult:
+                  scale: float | None, points: np.ndarray | None = None,
+                  point_classes: np.ndarray | None = None) -> BlockResult:
     """`segment_block` in a worker process or machine; a model given by name or path is loaded once there."""
     if isinstance(model, str):
         if model not in _WORKER_MODELS:
@@ -172,7 +176,8 @@ def _worker_block(model: Any, region: np.ndarray, block: Block, window: tuple[fl
 
             _WORKER_MODELS[model] = load_model(model, device="auto")
         model = _WORKER_MODELS[model]
-    return segment_block(model, region, block, window=window, fast=fast, scale=scale)
+    return segment_block(model, region, block, window=window, fast=fast, scale=scale, points=points,
+                         point_classes=point_classes)
 
 
 def _init_worker(threads: int) -> None:
@@ -294,6 +299,8 @@ def segment_slide(
     worker_model: str | None = None,
     pending: int = 8,
     cache: BlockCache | None = None,
+    points: np.ndarray | None = None,
+    point_classes: np.ndarray | None = None,
 ) -> SlideSegmentation:
     """Segment every nucleus of a `Slide` block by block with a PromptNucSeg model (see the module docstring).
 
@@ -304,7 +311,9 @@ def segment_slide(
     for many machines) the blocks read here are segmented there, at most `pending` ahead, and written here in order,
     so the result is the same as without; workers load `worker_model` (a model name or path) once each, or get the
     model object with every block when it is None. With a `cache`, finished blocks are kept there and blocks it
-    already holds are not segmented again (resuming an interrupted run gives the same result).
+    already holds are not segmented again (resuming an interrupted run gives the same result). Given `points`
+    ((N, 2) x, y in level-0 pixels, optional `point_classes`), SAM draws those nuclei instead of the prompter's, and
+    only blocks whose region holds a point are segmented.
     """
     h, w = slide.shape
     if labels is None:
@@ -315,19 +324,33 @@ def segment_slide(
     thumb, factor = slide.thumbnail()
     window = intensity_window(thumb)
     planned = plan_blocks((h, w), block=block, halo=halo)
-    todo = tissue_blocks(planned, tissue_mask(thumb), factor) if tissue else planned
+    given = None if points is None else np.asarray(points, np.float32).reshape(-1, 2)
+    given_classes = None if point_classes is None else np.asarray(point_classes)
+    if given is not None:
+        todo = [b for b in planned if _inside(given, b.region).any()]
+    else:
+        todo = tissue_blocks(planned, tissue_mask(thumb), factor) if tissue else planned
 
     def pixels(b: Block) -> np.ndarray:
         ry0, rx0, ry1, rx1 = b.region
         return slide.read(ry0, rx0, ry1 - ry0, rx1 - rx0)
 
+    def prompts(b: Block) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The given points in `b`'s region, in its pixels, and their classes."""
+        if given is None:
+            return None, None
+        inside = _inside(given, b.region)
+        local = given[inside] - np.array([b.region[1], b.region[0]], np.float32)
+        return local, None if given_classes is None else given_classes[inside]
+
     index = {b: i for i, b in enumerate(planned)}
     missing = [b for b in todo if cache is None or index[b] not in cache]
     if executor is None:
-        computed: Iterator[BlockResult] = (segment_block(model, pixels(b), b, window=window, fast=fast, scale=scale)
+        computed: Iterator[BlockResult] = (segment_block(model, pixels(b), b, window=window, fast=fast, scale=scale,
+                                                         points=prompts(b)[0], point_classes=prompts(b)[1])
                                            for b in missing)
     else:
-        tasks = ((worker_model or model, pixels(b), b, window, fast, scale) for b in missing)
+        tasks = ((worker_model or model, pixels(b), b, window, fast, scale, *prompts(b)) for b in missing)
         computed = _in_order(executor, tasks, max(1, pending))
 
     def results() -> Iterator[BlockResult]:
@@ -370,6 +393,13 @@ def segment_slide(
         scale=float(np.median(magnifications)) if magnifications else float(model.config.segmentor.scale), blocks=done,
         skipped=len(planned) - len(todo), thumbnail=thumb, thumbnail_factor=factor,
     )
+
+
+def _inside(points: np.ndarray, region: tuple[int, int, int, int]) -> np.ndarray:
+    """Which (x, y) points fall on a pixel of `region` (y0, x0, y1, x1)."""
+    ry0, rx0, ry1, rx1 = region
+    x, y = np.rint(points[:, 0]), np.rint(points[:, 1])
+    return (x >= rx0) & (x < rx1) & (y >= ry0) & (y < ry1)
 
 
 def owned_labels(result: SlideSegmentation, block: Block, first: int, last: int) -> np.ndarray:

@@ -157,6 +157,18 @@ def test_blocks_without_tissue_are_skipped():
     assert tissue_mask(np.full((64, 64, 3), 200, np.uint8)).all()  # no contrast: nothing skipped
 
 
+def test_points_in_regions_finds_each_point_in_every_region_holding_it():
+    from promptsam.inference.large_image import points_in_regions
+
+    rng = np.random.default_rng(0)
+    points = rng.uniform(-0.4, [419.4, 299.4], (500, 2)).astype(np.float32)
+    blocks = plan_blocks((300, 420), block=64, halo=24)
+    x, y = np.rint(points).T
+    for b, held in zip(blocks, points_in_regions(points, blocks), strict=True):
+        ry0, rx0, ry1, rx1 = b.region
+        np.testing.assert_array_equal(held, np.flatnonzero((x >= rx0) & (x < rx1) & (y >= ry0) & (y < ry1)))
+
+
 def test_given_points_are_drawn_block_by_block_and_only_blocks_with_points_run():
     """Points of another tool on a large image: the same nuclei as one pass with those points, no seams, and the
     blocks holding no point are not segmented at all."""

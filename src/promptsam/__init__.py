@@ -30,16 +30,22 @@ def _cached(model: str, device: str) -> Any:
     return _MODELS[key]
 
 
+def _given(points: Any, shape: tuple[int, int], pipeline: Any) -> tuple[Any, Any]:
+    """Points (and their types, for a typed model) as given: read from a points file, or the array unchanged."""
+    if not isinstance(points, str | os.PathLike):
+        return points, None
+    from promptsam.io.points import read_prompts
+
+    return read_prompts(points, shape=shape, class_names=pipeline.config.class_names)
+
+
 def segment(image: np.ndarray, model: str = "default", *, device: str = "auto", fast: bool = False,
             points: np.ndarray | str | os.PathLike | None = None) -> NucleusSegmentation:
     """Every nucleus of a 2D image: `.labels`, `.classes`, `.points`, `.scores` (models are cached by name);
     `fast` trades a little accuracy for speed (see `PromptNucSeg.segment`); `points` ((N, 2) x, y, or a points file:
     `promptsam.io.points`, whose types a typed model reads) has SAM draw those nuclei instead of the prompter's."""
-    pipeline, types = _cached(model, device), None
-    if isinstance(points, str | os.PathLike):
-        from promptsam.io.points import read_prompts
-
-        points, types = read_prompts(points, shape=image.shape[:2], class_names=pipeline.config.class_names)
+    pipeline = _cached(model, device)
+    points, types = _given(points, image.shape[:2], pipeline)
     return pipeline.segment(image, fast=fast, points=points, point_classes=types)
 
 
@@ -55,12 +61,9 @@ def segment_slide(slide: str | os.PathLike | np.ndarray, model: str = "default",
     from promptsam.inference.large_image import segment_slide as run
     from promptsam.io.slides import open_slide
 
-    pipeline, types = _cached(model, device), None
+    pipeline = _cached(model, device)
     with open_slide(slide) as source, block_executor(workers=workers, scheduler=scheduler) as executor:
-        if isinstance(points, str | os.PathLike):
-            from promptsam.io.points import read_prompts
-
-            points, types = read_prompts(points, shape=source.shape, class_names=pipeline.config.class_names)
+        points, types = _given(points, source.shape, pipeline)
         return run(pipeline, source, block=block, halo=halo, fast=fast, tissue=tissue, executor=executor,
                    worker_model=str(model), points=points, point_classes=types)
 

@@ -42,6 +42,7 @@ from skimage.segmentation import relabel_sequential
 
 from promptsam.errors import InputError
 from promptsam.io.atomic import atomic_path
+from promptsam.io.geojson import feature_class
 
 __all__ = ["FORMATS", "convert", "rle_decode", "rle_encode"]
 
@@ -636,20 +637,12 @@ def _geo_parts(geom: dict, path: Path) -> list[tuple[np.ndarray, list[np.ndarray
         raise InputError(f"{path}: bad {geom.get('type')} coordinates ({_why(exc)})") from None
 
 
-def _geo_class(feature: dict) -> str | None:
-    """QuPath classification name of a feature, or None."""
-    props = feature.get("properties") or {}
-    cls = props.get("classification")
-    name = cls.get("name") if isinstance(cls, dict) else cls if isinstance(cls, str) else None
-    return name or None
-
-
 def _geojson(src: Path, out: Path, *, images: str | Path | None = None, **_: Any) -> list[Path]:
     files = _files(src, (".geojson", ".json"))
     if not files:
         raise InputError(f"{src}: no .geojson files found")
     parsed = [(p, _geo_features(p)) for p in files]
-    classified = any(_geo_class(f) for _, feats in parsed for f in feats)
+    classified = any(feature_class(f) for _, feats in parsed for f in feats)
     table = _class_table(out)
     written = []
     for path, feats in parsed:
@@ -661,7 +654,7 @@ def _geojson(src: Path, out: Path, *, images: str | Path | None = None, **_: Any
         image = _read_rgb(img_path)
         items = []
         for f in feats:
-            cls = _class_id(table, _geo_class(f) or "Unclassified") if classified else 0
+            cls = _class_id(table, feature_class(f) or "Unclassified") if classified else 0
             geom = f.get("nucleusGeometry") or f["geometry"]
             items.append(_polygon_item(_geo_parts(geom, path), image.shape[:2], cls))
         label, classes = _paint(image.shape[:2], items)

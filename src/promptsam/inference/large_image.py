@@ -169,7 +169,8 @@ _WORKER_MODELS: dict[str, Any] = {}
 def _worker_block(model: Any, region: np.ndarray, block: Block, window: tuple[float, float] | None, fast: bool,
                   scale: float | None, points: np.ndarray | None = None,
                   point_classes: np.ndarray | None = None) -> BlockResult:
-    """`segment_block` in a worker process or machine; a model given by name or path is loaded once there."""
+    """`segment_block` of one task, here or in a worker process or machine; a model given by name or path is loaded
+    once there."""
     if isinstance(model, str):
         if model not in _WORKER_MODELS:
             from promptsam.pretrained import load_model
@@ -326,8 +327,9 @@ def segment_slide(
     planned = plan_blocks((h, w), block=block, halo=halo)
     given = None if points is None else np.asarray(points, np.float32).reshape(-1, 2)
     given_classes = None if point_classes is None else np.asarray(point_classes)
+    held = {} if given is None else dict(zip(planned, points_in_regions(given, planned), strict=True))
     if given is not None:
-        todo = [b for b in planned if _inside(given, b.region).any()]
+        todo = [b for b in planned if len(held[b])]
     else:
         todo = tissue_blocks(planned, tissue_mask(thumb), factor) if tissue else planned
 
@@ -339,19 +341,15 @@ def segment_slide(
         """The given points in `b`'s region, in its pixels, and their classes."""
         if given is None:
             return None, None
-        inside = _inside(given, b.region)
-        local = given[inside] - np.array([b.region[1], b.region[0]], np.float32)
-        return local, None if given_classes is None else given_classes[inside]
+        local = given[held[b]] - np.array([b.region[1], b.region[0]], np.float32)
+        return local, None if given_classes is None else given_classes[held[b]]
 
     index = {b: i for i, b in enumerate(planned)}
     missing = [b for b in todo if cache is None or index[b] not in cache]
-    if executor is None:
-        computed: Iterator[BlockResult] = (segment_block(model, pixels(b), b, window=window, fast=fast, scale=scale,
-                                                         points=prompts(b)[0], point_classes=prompts(b)[1])
-                                           for b in missing)
-    else:
-        tasks = ((worker_model or model, pixels(b), b, window, fast, scale, *prompts(b)) for b in missing)
-        computed = _in_order(executor, tasks, max(1, pending))
+    runner = model if executor is None else worker_model or model
+    tasks = ((runner, pixels(b), b, window, fast, scale, *prompts(b)) for b in missing)
+    computed: Iterator[BlockResult] = (_in_order(executor, tasks, max(1, pending)) if executor is not None
+                                       else (_worker_block(*task) for task in tasks))
 
     def results() -> Iterator[BlockResult]:
         for b in todo:
@@ -395,11 +393,18 @@ def segment_slide(
     )
 
 
-def _inside(points: np.ndarray, region: tuple[int, int, int, int]) -> np.ndarray:
-    """Which (x, y) points fall on a pixel of `region` (y0, x0, y1, x1)."""
-    ry0, rx0, ry1, rx1 = region
+def points_in_regions(points: np.ndarray, blocks: list[Block]) -> list[np.ndarray]:
+    """Per block, the indices of the (x, y) points on a pixel of its region (rows found by binary search, so a
+    slide's many points are not compared with every block)."""
     x, y = np.rint(points[:, 0]), np.rint(points[:, 1])
-    return (x >= rx0) & (x < rx1) & (y >= ry0) & (y < ry1)
+    order = np.argsort(y, kind="stable")
+    rows = y[order]
+    held = []
+    for b in blocks:
+        ry0, rx0, ry1, rx1 = b.region
+        band = order[np.searchsorted(rows, ry0, "left") : np.searchsorted(rows, ry1, "left")]
+        held.append(np.sort(band[(x[band] >= rx0) & (x[band] < rx1)]))
+    return held
 
 
 def owned_labels(result: SlideSegmentation, block: Block, first: int, last: int) -> np.ndarray:

@@ -388,6 +388,14 @@ def write_features(path: str | os.PathLike, features: Iterable[dict[str, Any]]) 
     return path
 
 
+def feature_class(feature: dict[str, Any]) -> str | None:
+    """QuPath classification name of a GeoJSON feature, or None."""
+    props = feature.get("properties") or {}
+    cls = props.get("classification")
+    name = cls.get("name") if isinstance(cls, dict) else cls if isinstance(cls, str) else None
+    return name or None
+
+
 def read_geojson(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Read the features of a GeoJSON FeatureCollection, a list of Features or a single Feature."""
     path = Path(path)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from promptsam.errors import InputError
-from promptsam.io.geojson import read_geojson
+from promptsam.io.geojson import feature_class, read_geojson
 from promptsam.io.images import read_labels
 
 __all__ = ["POINT_SUFFIXES", "find_points_file", "read_points", "read_prompts"]
@@ -154,8 +154,6 @@ def _read_geojson_points(path: Path) -> tuple[np.ndarray, list[str]]:
             found = [(float(c[0]) - 0.5, float(c[1]) - 0.5) for c in coords]  # pixel edges -> pixel centres
         except (IndexError, TypeError, ValueError):
             raise InputError(f"{path}: feature {i} has bad {kind} coordinates") from None
-        cls = (feature.get("properties") or {}).get("classification")
-        name = cls.get("name") if isinstance(cls, dict) else cls if isinstance(cls, str) else None
         points += found
-        types += [str(name or "")] * len(found)
+        types += [feature_class(feature) or ""] * len(found)
     return np.array(points, np.float32).reshape(-1, 2), types

@@ -265,6 +265,14 @@ def test_segment_cli_in_blocks_writes_consistent_outputs(tmp_path, shared_data, 
     one_pass = load_model("default", device="cpu").segment(read_image(path), points=nucleus_points(truth)[0])
     seeded = read_labels(tmp_path / "seeded" / "tissue.labels.tif")
     assert seeded[:, 256:].max() == 0 and score_instances(one_pass.labels, seeded)["dq"] > 0.8
+    # a given nucleus diameter: every block at the one magnification it sets (40 px target / 22 px)
+    code = main(["segment", str(path), "-o", str(tmp_path / "sized"), "--block-size", "192", "--device", "cpu",
+                 "--points", str(seeds), "--diameter", "22"])
+    assert code == 0, capsys.readouterr().err
+    assert "median magnification 1.82" in capsys.readouterr().out
+    sized = load_model("default", device="cpu").segment(read_image(path), points=nucleus_points(truth)[0],
+                                                        diameter=22)
+    assert score_instances(sized.labels, read_labels(tmp_path / "sized" / "tissue.labels.tif"))["dq"] > 0.8
     # blocks in two worker processes (model loaded by name, slide opened from its path there): the same nuclei
     code = main(["segment", str(path), "-o", str(tmp_path / "workers"), "--block-size", "192", "--fast",
                  "--device", "cpu", "--workers", "2"])

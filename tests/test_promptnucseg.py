@@ -257,6 +257,39 @@ def test_nucleus_diameter_sets_the_magnification_per_image(trained, crops):
     assert zoomed.labels.shape == image.shape[:2] and zoomed.labels.max() == len(zoomed.points)
 
 
+def test_given_diameter_sets_the_magnification_instead_of_the_estimate(trained, crops, monkeypatch):
+    """diameter= (as Cellpose's): SAM draws at the magnification that brings nuclei of that size to the model's
+    target, the same as that fixed scale; with given points too the prompter is not run at all. Nonsense diameters,
+    ones beyond the magnifications the model allows, and models without a diameter target fail on one line."""
+    from dataclasses import replace
+
+    from promptsam.errors import InputError
+
+    model, *_ = trained
+    image, label = crops[0]["image"], crops[0]["label"]
+    inference = model.config.inference
+    with pytest.raises(InputError, match="takes no nucleus diameter"):  # the tiny model draws at a fixed scale
+        model.segment(image, diameter=10)
+    model.config = replace(model.config, inference=replace(inference, nucleus_diameter=20.0))
+    try:
+        given = model.segment(image, diameter=12.5)
+        assert given.scale == pytest.approx(1.6)
+        assert np.array_equal(given.labels, model.segment(image, scale=1.6).labels) and given.labels.max() > 0
+        for bad, match in ((0, "positive"), (-3, "positive"), (float("nan"), "positive"), ("big", "positive"),
+                           (1, "outside"), (500, "outside")):
+            with pytest.raises(InputError, match=match):
+                model.segment(image, diameter=bad)
+        from promptsam.data.targets import nucleus_points
+
+        points = nucleus_points(label)[0]
+        expected = model.segment(image, points=points, diameter=12.5)
+        monkeypatch.setattr(model, "find_prompts", lambda *a, **k: pytest.fail("the prompter ran"))
+        again = model.segment(image, points=points, diameter=12.5)
+        assert np.array_equal(again.labels, expected.labels) and again.labels.max() > 0
+    finally:
+        model.config = replace(model.config, inference=inference)
+
+
 # ---------------------------------------------------------------------------------------------- the segment CLI
 def test_segment_cli_writes_five_valid_outputs(trained, crops, tmp_path, shared_data, capsys):
     shapely = pytest.importorskip("shapely.geometry")
@@ -412,6 +445,33 @@ def test_segment_cli_draws_the_nuclei_of_a_points_file(trained, crops, tmp_path,
         err = capsys.readouterr().err.strip().splitlines()
         assert code != 0 and len(err) == 1 and str(far) in err[0], err
         assert not out.exists() or not any(out.iterdir())
+
+
+def test_segment_cli_diameter_equals_the_api_and_bad_values_fail_on_one_line(trained, crops, tmp_path, capsys):
+    from dataclasses import replace
+
+    from PIL import Image
+
+    model, *_ = trained
+    inference = model.config.inference
+    model.config = replace(model.config, inference=replace(inference, nucleus_diameter=20.0))
+    try:
+        model_file = model.save(tmp_path / "model.pt")
+        expected = model.segment(crops[0]["image"], diameter=12.5).labels
+    finally:
+        model.config = replace(model.config, inference=inference)
+    Image.fromarray(crops[0]["image"]).save(tmp_path / "crop.png")
+    out = tmp_path / "out"
+    assert main(["segment", str(tmp_path / "crop.png"), "-o", str(out), "--model", str(model_file),
+                 "--diameter", "12.5"]) == 0
+    assert "magnification 1.60" in capsys.readouterr().out
+    assert np.array_equal(read_labels(out / "crop.labels.tif"), expected)
+    for bad in ("0", "1", "nan"):
+        code = main(["segment", str(tmp_path / "crop.png"), "-o", str(tmp_path / "bad"), "--model",
+                     str(model_file), "--diameter", bad])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code != 0 and len(err) == 1 and "--diameter" in err[0], err
+        assert not (tmp_path / "bad").exists()
 
 
 def test_segment_cli_wrong_model_file(tmp_path, capsys, shared_data):

@@ -37,6 +37,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                              "classification) or a label image (one point per instance), in level-0 pixels; a file "
                              "for one input image, or a folder of <stem>.csv|.geojson|.tif; slides: only blocks with "
                              "points are segmented")
+    parser.add_argument("--diameter", type=float, default=None, metavar="PX",
+                        help="2D: typical nucleus diameter in (level-0) pixels, as Cellpose's; sets SAM's "
+                             "magnification instead of estimating it per image (per block on slides)")
     parser.add_argument("--block-size", type=int, default=None,
                         help="2D: segment in blocks of this many pixels (with a halo, no seams); default: blocks of "
                              f"{DEFAULT_BLOCK} for slides and images over {LARGE_PIXELS // 10**6} MP, else one pass")
@@ -225,7 +228,8 @@ def _segment_slide(model, path: Path, slide, out: Path, args: argparse.Namespace
                 "shape": list(slide.shape), "block": block, "halo": halo, "fast": args.fast,
                 "tissue": not args.all_blocks, "model": args.model, "precision": args.precision,
                 "model_mtime": model_file.stat().st_mtime_ns if model_file.is_file() else None,
-                "points": None if points_path is None else hashlib.sha256(points_path.read_bytes()).hexdigest()}
+                "points": None if points_path is None else hashlib.sha256(points_path.read_bytes()).hexdigest(),
+                "diameter": args.diameter}
     cache = BlockCache(out / f".{stem(path)}.blocks", manifest)
     if len(cache):
         print(f"{path}: resuming, {len(cache)} blocks already done", file=sys.stderr)
@@ -240,7 +244,8 @@ def _segment_slide(model, path: Path, slide, out: Path, args: argparse.Namespace
             labels=labels, classes=classes,
             progress=lambda it: tqdm(it, desc=path.name, unit="block", disable=not sys.stderr.isatty()),
             executor=args.executor, worker_model=None if args.precision else args.model, cache=cache,
-            points=prompts[0], point_classes=prompts[1])
+            points=prompts[0], point_classes=prompts[1],
+            scale=None if args.diameter is None else model.scale_for_diameter(args.diameter))
         write_slide_outputs(out, stem(path), result, labels_path, classes_path,
                             geojson=not args.no_geojson, overlay=not args.no_overlay)
         summary = (f"{result.count} nuclei in {len(result.blocks)} blocks of {block} px "
@@ -269,9 +274,9 @@ def _segment_image(model, path: Path, out: Path, args: argparse.Namespace) -> st
             return _segment_slide(model, path, slide, out, args, given(slide.shape), points_path)
     image = read_image(path)
     points, types = given(image.shape[:2])
-    result = model.segment(image, fast=args.fast, points=points, point_classes=types)
+    result = model.segment(image, fast=args.fast, points=points, point_classes=types, diameter=args.diameter)
     write_outputs(out, stem(path), image, result, geojson=not args.no_geojson, overlay=not args.no_overlay)
-    return f"{int(result.labels.max())} nuclei"
+    return f"{int(result.labels.max())} nuclei, magnification {result.scale:.2f}"
 
 
 def _points_file(points: str, image: Path) -> Path:
@@ -297,6 +302,9 @@ def run(args: argparse.Namespace) -> int:
             raise PromptSAMError(f"--clicks applies to one input volume; got {len(paths)}")
         if args.points:
             raise PromptSAMError(f"--points {args.points}: nucleus points are for 2D models; 3D models take --clicks")
+        if args.diameter is not None:
+            raise PromptSAMError(f"--diameter {args.diameter:g}: a nucleus diameter is for 2D models; 3D volumes are "
+                                 "resampled to the model's voxel spacing")
         segment_one = _segment_volume
     else:
         if args.points and not Path(args.points).is_dir() and len(paths) != 1:
@@ -304,6 +312,11 @@ def run(args: argparse.Namespace) -> int:
                                  "(give a folder of <stem>.csv|.geojson|.tif files instead)")
         if args.precision:
             model.config = replace(model.config, inference=replace(model.config.inference, precision=args.precision))
+        if args.diameter is not None:
+            try:
+                model.scale_for_diameter(args.diameter)  # a bad diameter fails once, before any input is read
+            except PromptSAMError as err:
+                raise PromptSAMError(f"--diameter: {err}") from None
         segment_one = _segment_image
     out, failures = Path(args.output), 0
     from promptsam.inference.large_image import block_executor

@@ -149,6 +149,9 @@ def load_config(preset: str | os.PathLike, overrides: dict[str, Any] | None = No
 
 # -------------------------------------------------------------------------------------------------- the model
 FLIPS = ((False, False), (False, True), (True, False), (True, True))  # (vertical, horizontal) test-time flips
+# magnifications a given nucleus diameter may ask for (`scale_for_diameter`): wider than the estimate's scale_range,
+# which guards against a wrong estimate; beyond these the image would be drawn at a scale far from training.
+DIAMETER_SCALES = (0.25, 8.0)
 
 @dataclass
 class NucleusSegmentation:
@@ -279,13 +282,18 @@ class PromptNucSeg(nn.Module):
     @torch.inference_mode()
     def segment(self, image: np.ndarray, *, points: np.ndarray | None = None,
                 point_classes: np.ndarray | None = None, fast: bool = False,
-                scale: float | None = None) -> NucleusSegmentation:
+                scale: float | None = None, diameter: float | None = None) -> NucleusSegmentation:
         """Segment every nucleus of an (H, W) or (H, W, 3) image of any dtype; `points` skips the prompter (without
         `point_classes` a typed model leaves them unclassified, 0); `fast`
         skips the prompter's test-time flips of models that use them (~1.3x faster on H&E; the default model v5
         has them off: with them its validation PQ was 0.353 / 0.603 / 0.250 vs 0.350 / 0.611 / 0.249 without);
         `scale` fixes SAM's magnification instead of reading it off
-        this image (`magnification`), as the blocks of one large image share it."""
+        this image (`magnification`), as the blocks of one large image share it; `diameter` (the typical nucleus's
+        diameter in image pixels, as Cellpose's) sets it from a known nucleus size (`scale_for_diameter`)."""
+        if diameter is not None:
+            if scale is not None:
+                raise ValueError("give scale or diameter, not both")
+            scale = self.scale_for_diameter(diameter)
         rgb = to_rgb255(image)
         device = next(self.parameters()).device
         dtype = resolve_precision(self.config.inference.precision, device)
@@ -328,6 +336,26 @@ class PromptNucSeg(nn.Module):
         return NucleusSegmentation(labels=labels, classes=classes, points=points[owner], point_classes=cls,
                                    scores=candidates.scores[painted], class_names=self.config.class_names,
                                    scale=scale)
+
+    def scale_for_diameter(self, diameter: float) -> float:
+        """SAM's magnification for nuclei `diameter` image pixels across (equal-area circle of the typical nucleus):
+        the one that draws them `inference.nucleus_diameter` pixels across, as the per-image estimate would."""
+        target = self.config.inference.nucleus_diameter
+        if not target:
+            raise InputError(f"this model draws every image at magnification {self.config.segmentor.scale:g} "
+                             "(no inference.nucleus_diameter): it takes no nucleus diameter")
+        try:
+            diameter = float(diameter)
+        except (TypeError, ValueError):
+            diameter = float("nan")
+        if not (np.isfinite(diameter) and diameter > 0):
+            raise InputError("nucleus diameter: must be a positive number of pixels")
+        scale = target / diameter
+        low, high = DIAMETER_SCALES
+        if not low <= scale <= high:
+            raise InputError(f"nucleus diameter {diameter:g} px: outside what this model draws ({target / high:g} to "
+                             f"{target / low:g} px, magnified {low:g}-{high:g}x to {target:g} px)")
+        return scale
 
     def magnification(self, prompts: dict[str, np.ndarray]) -> float:
         """SAM's magnification for an image from `find_prompts`' output: its typical nucleus drawn

@@ -250,7 +250,7 @@ def _segment_slide(model, path: Path, slide, out: Path, args: argparse.Namespace
                             geojson=not args.no_geojson, overlay=not args.no_overlay)
         summary = (f"{result.count} nuclei in {len(result.blocks)} blocks of {block} px "
                    f"({result.skipped} without {'tissue' if points_path is None else 'points'} skipped), "
-                   f"median magnification {result.scale:.2f}")
+                   f"median {_magnification(model, result.scale)}")
         del labels, classes, result  # release the memory maps before their folder is removed
     shutil.rmtree(cache.folder)  # the outputs are complete: the finished blocks are no longer needed
     return summary
@@ -276,7 +276,14 @@ def _segment_image(model, path: Path, out: Path, args: argparse.Namespace) -> st
     points, types = given(image.shape[:2])
     result = model.segment(image, fast=args.fast, points=points, point_classes=types, diameter=args.diameter)
     write_outputs(out, stem(path), image, result, geojson=not args.no_geojson, overlay=not args.no_overlay)
-    return f"{int(result.labels.max())} nuclei, magnification {result.scale:.2f}"
+    return f"{int(result.labels.max())} nuclei, {_magnification(model, result.scale)}"
+
+
+def _magnification(model, scale: float) -> str:
+    """SAM's magnification, and the nucleus diameter it stands for (what --diameter would set) when the model has a
+    diameter target."""
+    target = model.config.inference.nucleus_diameter
+    return f"magnification {scale:.2f}" + (f" (for nuclei ~{target / scale:.0f} px across)" if target else "")
 
 
 def _points_file(points: str, image: Path) -> Path:

@@ -353,8 +353,8 @@ class PromptNucSeg(nn.Module):
         scale = target / diameter
         low, high = DIAMETER_SCALES
         if not low <= scale <= high:
-            raise InputError(f"nucleus diameter {diameter:g} px: outside what this model draws ({target / high:g} to "
-                             f"{target / low:g} px, magnified {low:g}-{high:g}x to {target:g} px)")
+            raise InputError(f"nucleus diameter {diameter:g} px: outside what this model draws, {target / high:g} to "
+                             f"{target / low:g} px (SAM draws nuclei {target:g} px across, magnifying {low:g}-{high:g}x)")
         return scale
 
     def magnification(self, prompts: dict[str, np.ndarray]) -> float:

@@ -354,7 +354,8 @@ class PromptNucSeg(nn.Module):
         low, high = DIAMETER_SCALES
         if not low <= scale <= high:
             raise InputError(f"nucleus diameter {diameter:g} px: outside what this model draws, {target / high:g} to "
-                             f"{target / low:g} px (SAM draws nuclei {target:g} px across, magnifying {low:g}-{high:g}x)")
+                             f"{target / low:g} px (SAM draws nuclei {target:g} px across, magnifying "
+                             f"{low:g}-{high:g}x)")
         return scale
 
     def magnification(self, prompts: dict[str, np.ndarray]) -> float:

@@ -246,3 +246,8 @@ def test_segment_cli_writes_mask_with_input_geometry_and_rejects_bad_volumes(tra
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(err) == 1 and "--diameter" in err[0] and "2D" in err[0]
     assert not (tmp_path / "pts").exists()
+    code = main(["segment", str(tmp_path / "case.nii.gz"), "-o", str(tmp_path / "pts"), "--model", model,
+                 "--set", "inference.overlap=32"])  # and segment-time settings
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and "--set" in err[0] and "2D" in err[0]
+    assert not (tmp_path / "pts").exists()

@@ -474,6 +474,43 @@ def test_segment_cli_diameter_equals_the_api_and_bad_values_fail_on_one_line(tra
         assert not (tmp_path / "bad").exists()
 
 
+def test_segment_cli_set_changes_inference_settings_only(trained, crops, tmp_path, capsys):
+    """--set KEY=VALUE changes an inference setting for the run (the output equals the API's with that setting, and
+    differs from the stored one); weights-bound keys, unknown keys, wrong types and out-of-range values fail on one
+    line before anything is written."""
+    from dataclasses import replace
+
+    from PIL import Image
+
+    model, *_ = trained
+    model_file = model.save(tmp_path / "model.pt")
+    image = crops[0]["image"]
+    Image.fromarray(image).save(tmp_path / "crop.png")
+    inference = model.config.inference
+    model.config = replace(model.config, inference=replace(inference, mask_threshold=2.0))
+    try:
+        expected = model.segment(image).labels
+    finally:
+        model.config = replace(model.config, inference=inference)
+    stored = model.segment(image).labels
+    assert (expected > 0).sum() < (stored > 0).sum()  # a higher logit bar: smaller masks
+    out = tmp_path / "out"
+    assert main(["segment", str(tmp_path / "crop.png"), "-o", str(out), "--model", str(model_file),
+                 "--set", "inference.mask_threshold=2"]) == 0
+    assert np.array_equal(read_labels(out / "crop.labels.tif"), expected)
+    for bad, says in (("prompter.backbone=resnet34", "fixed by the model's weights"),
+                      ("segmentor.image_size=256", "fixed by the model's weights"),
+                      ("inference.nope=1", "no such setting"), ("inference.overlap=abc", "expected int"),
+                      ("inference.one_piece=1", "expected bool"), ("inference.overlap=500", "smaller than the SAM"),
+                      ("inference.nms_iou=0", "must be in (0, 1]"), ("inference.mask_threshold", "KEY=VALUE")):
+        capsys.readouterr()
+        code = main(["segment", str(tmp_path / "crop.png"), "-o", str(tmp_path / "bad"), "--model",
+                     str(model_file), "--set", bad])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code != 0 and len(err) == 1 and says in err[0], (bad, err)
+        assert not (tmp_path / "bad").exists()
+
+
 def test_segment_cli_wrong_model_file(tmp_path, capsys, shared_data):
     wrong = tmp_path / "wrong.pt"
     torch.save({"not": torch.zeros(1)}, wrong)

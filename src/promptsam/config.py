@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -92,6 +93,38 @@ def parse_settings(items: list[str]) -> dict[str, Any]:
         key, value = item.split("=", 1)
         out[key] = yaml.safe_load(value)
     return out
+
+
+def check_setting(cls: type, dotted: str, value: Any, *, where: str = "--set") -> None:
+    """Raise a one-line PromptSAMError unless `dotted` names a field of dataclass `cls` (nested by dots) whose type
+    admits `value` (None, bool, int, float, str, or a list of numbers for a tuple)."""
+    *parents, leaf = dotted.split(".")
+    for name in parents:
+        hint = typing.get_type_hints(cls).get(name) if dataclasses.is_dataclass(cls) else None
+        if hint is None or not dataclasses.is_dataclass(hint):
+            raise PromptSAMError(f"{where} {dotted}: no such setting")
+        cls = hint
+    hint = typing.get_type_hints(cls).get(leaf)
+    if hint is None:
+        known = ", ".join(f.name for f in dataclasses.fields(cls))
+        raise PromptSAMError(f"{where} {dotted}: no such setting; known: {known}")
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    origins = {typing.get_origin(a) or a for a in allowed}
+    numbers = (int, float)
+    if value is None:
+        ok = type(None) in origins
+    elif isinstance(value, bool):
+        ok = bool in origins
+    elif isinstance(value, numbers):
+        ok = float in origins or (int in origins and isinstance(value, int))
+    elif isinstance(value, str):
+        ok = str in origins
+    elif isinstance(value, list):
+        ok = tuple in origins and all(isinstance(v, numbers) and not isinstance(v, bool) for v in value)
+    else:
+        ok = False
+    if not ok:
+        raise PromptSAMError(f"{where} {dotted}={value!r}: expected {typing.get_args(hint) and hint or hint.__name__}")
 
 
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:

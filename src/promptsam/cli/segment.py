@@ -19,6 +19,9 @@ LARGE_PIXELS = 4096 * 4096  # images above this are segmented in blocks (memory)
 DEFAULT_BLOCK, DEFAULT_HALO = 1024, 64  # as inference.large_image (not imported here: the CLI starts fast)
 VOLUME_SUFFIXES = (".nii.gz", ".nii")
 LESION_COLUMNS = ("id", "voxels", "volume_mm3", "centroid_x", "centroid_y", "centroid_z", "mean_probability")
+# the prompter's settings that only change how its outputs are decoded (the rest is fixed by the weights)
+PROMPTER_SETTINGS = ("nms_radius", "nms_diameters", "mask_filter", "mask_filter_logit", "min_foreground",
+                     "test_time_flips", "centring_steps")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -40,6 +43,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--diameter", type=float, default=None, metavar="PX",
                         help="2D: typical nucleus diameter in (level-0) pixels, as Cellpose's; sets SAM's "
                              "magnification instead of estimating it per image (per block on slides)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="2D: change an inference setting of the model for this run, e.g. --set "
+                             "inference.nucleus_diameter=36 (any inference.* key, or the prompter's "
+                             + ", ".join(PROMPTER_SETTINGS) + "); repeatable")
     parser.add_argument("--block-size", type=int, default=None,
                         help="2D: segment in blocks of this many pixels (with a halo, no seams); default: blocks of "
                              f"{DEFAULT_BLOCK} for slides and images over {LARGE_PIXELS // 10**6} MP, else one pass")
@@ -286,6 +293,21 @@ def _magnification(model, scale: float) -> str:
     return f"magnification {scale:.2f}" + (f" (for nuclei ~{target / scale:.0f} px across)" if target else "")
 
 
+def with_settings(config, items: list[str]):
+    """A PromptNucSeg config with `--set KEY=VALUE` items applied: inference.* and the prompter's decoding settings
+    only (each checked against its field's type); anything else fails on one line."""
+    from promptsam.config import apply_overrides, check_setting, from_dict, parse_settings, to_dict
+
+    overrides = parse_settings(items)
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        if not (section == "inference" or (section == "prompter" and name in PROMPTER_SETTINGS)):
+            raise PromptSAMError(f"--set {key}: only inference.* and prompter.{{{','.join(PROMPTER_SETTINGS)}}} change "
+                                 "at segment time; the rest is fixed by the model's weights")
+        check_setting(type(config), key, value)
+    return from_dict(type(config), apply_overrides(to_dict(config), overrides), where="--set")
+
+
 def _points_file(points: str, image: Path) -> Path:
     """The points file given for `image`: the file itself, or the image's own file in a folder of them."""
     from promptsam.io.points import find_points_file
@@ -312,6 +334,8 @@ def run(args: argparse.Namespace) -> int:
         if args.diameter is not None:
             raise PromptSAMError(f"--diameter {args.diameter:g}: a nucleus diameter is for 2D models; 3D volumes are "
                                  "resampled to the model's voxel spacing")
+        if args.set:
+            raise PromptSAMError(f"--set {args.set[0]}: segment-time settings are for 2D models")
         segment_one = _segment_volume
     else:
         if args.points and not Path(args.points).is_dir() and len(paths) != 1:
@@ -319,6 +343,8 @@ def run(args: argparse.Namespace) -> int:
                                  "(give a folder of <stem>.csv|.geojson|.tif files instead)")
         if args.precision:
             model.config = replace(model.config, inference=replace(model.config.inference, precision=args.precision))
+        if args.set:
+            model.config = with_settings(model.config, args.set)
         if args.diameter is not None:
             try:
                 model.scale_for_diameter(args.diameter)  # a bad diameter fails once, before any input is read

@@ -28,7 +28,7 @@ from promptsam.config import from_dict, load_preset, to_dict
 from promptsam.data.sampling import prompt_map, sample_point_prompts
 from promptsam.data.targets import nucleus_points
 from promptsam.device import autocast, pick_device, resolve_precision
-from promptsam.errors import CheckpointError, InputError
+from promptsam.errors import CheckpointError, InputError, PromptSAMError
 from promptsam.inference.merge import keep_large, largest_pieces, shrink_labels
 from promptsam.inference.point_segmentation import merge_candidates, segment_points
 from promptsam.inference.points import decode_points, merge_views, nucleus_diameter, point_nms, size_nms
@@ -129,6 +129,21 @@ class InferenceConfig:
     # 0.285 / 0.566 / 0.198 -> 0.287 / 0.580 / 0.209 on MoNuSeg / DSB2018 / CoNSeP)
     one_piece: bool = True
 
+    def __post_init__(self) -> None:
+        low, high = self.scale_range
+        checks = {  # setting: (valid, what it must be)
+            "overlap": (self.overlap >= 0, ">= 0"), "window_batch": (self.window_batch >= 1, ">= 1"),
+            "nms_iou": (0 < self.nms_iou <= 1, "in (0, 1]"),
+            "negative_min_distance": (self.negative_min_distance >= 0, ">= 0"),
+            "min_area": (self.min_area >= 0, ">= 0"),
+            "precision": (self.precision in ("auto", "fp32", "bf16"), "auto, fp32 or bf16"),
+            "nucleus_diameter": (self.nucleus_diameter is None or self.nucleus_diameter > 0, "> 0 or null"),
+            "scale_range": (0 < low <= high, "[low, high] with 0 < low <= high"),
+        }
+        for name, (ok, rule) in checks.items():
+            if not ok:
+                raise PromptSAMError(f"inference.{name}={getattr(self, name)!r}: must be {rule}")
+
 
 @dataclass(frozen=True)
 class PromptNucSegConfig:
@@ -140,6 +155,11 @@ class PromptNucSegConfig:
     segmentor: SegmentorConfig = field(default_factory=SegmentorConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    def __post_init__(self) -> None:
+        if self.inference.overlap >= self.segmentor.image_size:
+            raise PromptSAMError(f"inference.overlap={self.inference.overlap}: must be smaller than the SAM window "
+                                 f"(segmentor.image_size={self.segmentor.image_size})")
 
 
 def load_config(preset: str | os.PathLike, overrides: dict[str, Any] | None = None) -> PromptNucSegConfig:

@@ -26,3 +26,19 @@ def test_both_msam_presets_load():
     paper, cpu = msam.load_config("msam_paper"), msam.load_config("msam_cpu")
     assert paper.network.arch == "sam_med3d" and paper.network.lora_rank == 4 and paper.clicks.train_rounds == 11
     assert cpu.network.arch == "sam_med3d_small" and cpu.clicks.test_rounds == 10
+
+
+def test_precisions_take_promptsams_names_and_reject_others_on_one_line():
+    """training.precision reads fp32 / bf16 / auto as inference.precision does (and Lightning's own flags);
+    anything else, here or in inference settings, fails when the config is built, not inside the trainer."""
+    from promptsam.training import lightning_precision
+
+    assert lightning_precision("fp32") == "32-true" and lightning_precision("bf16") == "bf16-mixed"
+    assert lightning_precision("32-true") == "32-true"
+    assert promptnucseg.load_config("promptnucseg_cpu", {"training.precision": "fp32"}).training.precision == "fp32"
+    with pytest.raises(PromptSAMError, match="training.precision='fp16'"):
+        promptnucseg.load_config("promptnucseg_cpu", {"training.precision": "fp16"})
+    with pytest.raises(PromptSAMError, match="inference.precision='half'"):
+        promptnucseg.load_config("promptnucseg_cpu", {"inference.precision": "half"})
+    with pytest.raises(PromptSAMError, match="inference.overlap=256: must be smaller than the SAM window"):
+        promptnucseg.load_config("promptnucseg_cpu", {"inference.overlap": 256})

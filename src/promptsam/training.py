@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from promptsam.data.layout import NucleusDataset, Sample, list_samples
 from promptsam.data.splits import VAL
 from promptsam.device import pick_device, resolve_precision
-from promptsam.errors import InputError
+from promptsam.errors import InputError, PromptSAMError
 
 
 @dataclass(frozen=True)
@@ -34,9 +34,20 @@ class TrainingConfig:
     max_minutes: float | None = None
     val_every: int = 5
     samples_per_epoch: int | None = None  # None = one random sample per training case and epoch
-    precision: str = "auto"  # Lightning precision: auto -> bf16-mixed on bf16 hardware, else 32
+    precision: str = "auto"  # auto (bf16-mixed on bf16 hardware, else 32), fp32, bf16, or a Lightning flag
     seed: int = 2024
     ema_decay: float | None = None  # validate, keep and ship an exponential moving average of the weights (0.999)
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS and self.precision not in LIGHTNING_PRECISIONS:
+            raise PromptSAMError(f"training.precision={self.precision!r}: must be one of "
+                                 f"{', '.join([*PRECISIONS, *LIGHTNING_PRECISIONS])}")
+
+
+# promptsam's precision names (as inference.precision) and the Lightning flags they stand for; Lightning's own
+# flags are accepted as they are
+PRECISIONS = {"auto": None, "fp32": "32-true", "bf16": "bf16-mixed"}
+LIGHTNING_PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "64-true")
 
 
 def gather_samples(data: Sequence[str | os.PathLike], val: Sequence[str | os.PathLike] = ()) -> tuple[
@@ -96,9 +107,10 @@ class _Whole(Dataset):
 
 
 def lightning_precision(precision: str) -> str:
-    """Lightning precision flag: for `auto`, the autocast dtype promptsam.device picks here; else as given."""
+    """Lightning precision flag: for `auto`, the autocast dtype promptsam.device picks here; fp32 / bf16 as
+    Lightning names them; a Lightning flag as given."""
     if precision != "auto":
-        return precision
+        return PRECISIONS.get(precision) or precision
     dtype = resolve_precision("auto", pick_device("auto"))
     return {torch.bfloat16: "bf16-mixed", torch.float16: "16-mixed"}.get(dtype, "32-true")
 

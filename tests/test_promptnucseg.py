@@ -511,6 +511,32 @@ def test_segment_cli_set_changes_inference_settings_only(trained, crops, tmp_pat
         assert not (tmp_path / "bad").exists()
 
 
+def test_segment_cli_set_reaches_block_workers(trained, crops, tmp_path, monkeypatch, capsys):
+    """With --set, block workers get this process's model (its changed settings), not the stored file by name."""
+    import tifffile
+
+    import promptsam.inference.large_image as large_image
+    from promptsam.errors import PromptSAMError
+
+    model, *_ = trained
+    model_file = model.save(tmp_path / "model.pt")
+    tifffile.imwrite(tmp_path / "crop.tif", crops[0]["image"])
+    seen = {}
+
+    def record(pipeline, slide, **kwargs):
+        seen.update(kwargs, threshold=pipeline.config.inference.mask_threshold)
+        raise PromptSAMError("stop here")
+
+    monkeypatch.setattr(large_image, "segment_slide", record)
+    for extra, worker_model, threshold in (([], str(model_file), 0.0),
+                                           (["--set", "inference.mask_threshold=1.5"], None, 1.5)):
+        seen.clear()
+        main(["segment", str(tmp_path / "crop.tif"), "-o", str(tmp_path / "out"), "--model", str(model_file),
+              "--block-size", "64", *extra])
+        assert "stop here" in capsys.readouterr().err
+        assert seen["worker_model"] == worker_model and seen["threshold"] == threshold
+
+
 def test_segment_cli_wrong_model_file(tmp_path, capsys, shared_data):
     wrong = tmp_path / "wrong.pt"
     torch.save({"not": torch.zeros(1)}, wrong)

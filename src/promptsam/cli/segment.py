@@ -236,7 +236,7 @@ def _segment_slide(model, path: Path, slide, out: Path, args: argparse.Namespace
                 "tissue": not args.all_blocks, "model": args.model, "precision": args.precision,
                 "model_mtime": model_file.stat().st_mtime_ns if model_file.is_file() else None,
                 "points": None if points_path is None else hashlib.sha256(points_path.read_bytes()).hexdigest(),
-                "diameter": args.diameter}
+                "diameter": args.diameter, "settings": list(args.set)}
     cache = BlockCache(out / f".{stem(path)}.blocks", manifest)
     if len(cache):
         print(f"{path}: resuming, {len(cache)} blocks already done", file=sys.stderr)
@@ -250,7 +250,7 @@ def _segment_slide(model, path: Path, slide, out: Path, args: argparse.Namespace
             model, slide, block=block, halo=halo, fast=args.fast, tissue=not args.all_blocks,
             labels=labels, classes=classes,
             progress=lambda it: tqdm(it, desc=path.name, unit="block", disable=not sys.stderr.isatty()),
-            executor=args.executor, worker_model=None if args.precision else args.model, cache=cache,
+            executor=args.executor, worker_model=None if args.precision or args.set else args.model, cache=cache,
             points=prompts[0], point_classes=prompts[1],
             scale=None if args.diameter is None else model.scale_for_diameter(args.diameter))
         write_slide_outputs(out, stem(path), result, labels_path, classes_path,

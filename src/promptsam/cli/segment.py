@@ -9,6 +9,7 @@ import glob
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from promptsam.errors import PromptSAMError
 
@@ -293,7 +294,7 @@ def _magnification(model, scale: float) -> str:
     return f"magnification {scale:.2f}" + (f" (for nuclei ~{target / scale:.0f} px across)" if target else "")
 
 
-def with_settings(config, items: list[str]):
+def with_settings(config: Any, items: list[str]) -> Any:
     """A PromptNucSeg config with `--set KEY=VALUE` items applied: inference.* and the prompter's decoding settings
     only (each checked against its field's type); anything else fails on one line."""
     from promptsam.config import apply_overrides, check_setting, from_dict, parse_settings, to_dict

@@ -447,6 +447,29 @@ def test_segment_cli_draws_the_nuclei_of_a_points_file(trained, crops, tmp_path,
         assert not out.exists() or not any(out.iterdir())
 
 
+def test_top_level_api_takes_a_diameter_for_images_and_slides(trained, crops, tmp_path):
+    """promptsam.segment / segment_slide(diameter=...): the image at the magnification it sets, and every block of a
+    large image at that one magnification."""
+    from dataclasses import replace
+
+    import promptsam
+
+    model, *_ = trained
+    inference = model.config.inference
+    model.config = replace(model.config, inference=replace(inference, nucleus_diameter=20.0))
+    try:
+        model_file = str(model.save(tmp_path / "sized.pt"))
+        expected = model.segment(crops[0]["image"], diameter=12.5)
+    finally:
+        model.config = replace(model.config, inference=inference)
+    result = promptsam.segment(crops[0]["image"], model=model_file, device="cpu", diameter=12.5)
+    assert result.scale == pytest.approx(1.6) and np.array_equal(result.labels, expected.labels)
+    wide = np.concatenate([crops[0]["image"], crops[1]["image"]], axis=1)  # 128 x 256: two blocks of 128
+    slide = promptsam.segment_slide(wide, model=model_file, device="cpu", diameter=12.5, block=128, halo=32,
+                                    tissue=False)
+    assert slide.scale == pytest.approx(1.6) and len(slide.blocks) == 2 and np.asarray(slide.labels).max() > 0
+
+
 def test_segment_cli_diameter_equals_the_api_and_bad_values_fail_on_one_line(trained, crops, tmp_path, capsys):
     from dataclasses import replace
 

@@ -36,8 +36,8 @@ def test_precisions_take_promptsams_names_and_reject_others_on_one_line():
     assert lightning_precision("fp32") == "32-true" and lightning_precision("bf16") == "bf16-mixed"
     assert lightning_precision("32-true") == "32-true"
     assert promptnucseg.load_config("promptnucseg_cpu", {"training.precision": "fp32"}).training.precision == "fp32"
-    with pytest.raises(PromptSAMError, match="training.precision='fp16'"):
-        promptnucseg.load_config("promptnucseg_cpu", {"training.precision": "fp16"})
+    with pytest.raises(PromptSAMError, match="training.precision='half'"):
+        promptnucseg.load_config("promptnucseg_cpu", {"training.precision": "half"})
     with pytest.raises(PromptSAMError, match="inference.precision='half'"):
         promptnucseg.load_config("promptnucseg_cpu", {"inference.precision": "half"})
     with pytest.raises(PromptSAMError, match="inference.overlap=256: must be smaller than the SAM window"):

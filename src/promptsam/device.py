@@ -34,8 +34,11 @@ def cpu_supports_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # what a `precision` setting may name
+
+
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for `precision` in {fp32, bf16, fp16, auto} on `device` (None = plain fp32)."""
+    """Autocast dtype for `precision` (one of PRECISIONS) on `device` (None = plain fp32)."""
     if precision == "fp32":
         return None
     if precision == "bf16":
@@ -48,7 +51,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.bfloat16 if device.type == "cpu" and cpu_supports_bf16() else None
-    raise PromptSAMError(f"unknown precision {precision!r}; use fp32, bf16, fp16 or auto")
+    raise PromptSAMError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from promptsam.data.layout import NucleusDataset, Sample, list_samples
 from promptsam.data.splits import VAL
-from promptsam.device import pick_device, resolve_precision
+from promptsam.device import PRECISIONS, pick_device, resolve_precision
 from promptsam.errors import InputError, PromptSAMError
 
 
@@ -44,9 +44,9 @@ class TrainingConfig:
                                  f"{', '.join([*PRECISIONS, *LIGHTNING_PRECISIONS])}")
 
 
-# promptsam's precision names (as inference.precision) and the Lightning flags they stand for; Lightning's own
-# flags are accepted as they are
-PRECISIONS = {"auto": None, "fp32": "32-true", "bf16": "bf16-mixed"}
+# the Lightning flags promptsam's precision names (device.PRECISIONS, as inference.precision) stand for ("auto" is
+# resolved on the machine at hand); Lightning's own flags are accepted as they are
+LIGHTNING_NAMES = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
 LIGHTNING_PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "64-true")
 
 
@@ -110,7 +110,7 @@ def lightning_precision(precision: str) -> str:
     """Lightning precision flag: for `auto`, the autocast dtype promptsam.device picks here; fp32 / bf16 as
     Lightning names them; a Lightning flag as given."""
     if precision != "auto":
-        return PRECISIONS.get(precision) or precision
+        return LIGHTNING_NAMES.get(precision, precision)
     dtype = resolve_precision("auto", pick_device("auto"))
     return {torch.bfloat16: "bf16-mixed", torch.float16: "16-mixed"}.get(dtype, "32-true")
 

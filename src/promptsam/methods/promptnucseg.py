@@ -27,7 +27,7 @@ from tqdm import tqdm
 from promptsam.config import from_dict, load_preset, to_dict
 from promptsam.data.sampling import prompt_map, sample_point_prompts
 from promptsam.data.targets import nucleus_points
-from promptsam.device import autocast, pick_device, resolve_precision
+from promptsam.device import PRECISIONS, autocast, pick_device, resolve_precision
 from promptsam.errors import CheckpointError, InputError, PromptSAMError
 from promptsam.inference.merge import keep_large, largest_pieces, shrink_labels
 from promptsam.inference.point_segmentation import merge_candidates, segment_points
@@ -136,7 +136,7 @@ class InferenceConfig:
             "nms_iou": (0 < self.nms_iou <= 1, "in (0, 1]"),
             "negative_min_distance": (self.negative_min_distance >= 0, ">= 0"),
             "min_area": (self.min_area >= 0, ">= 0"),
-            "precision": (self.precision in ("auto", "fp32", "bf16"), "auto, fp32 or bf16"),
+            "precision": (self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
             "nucleus_diameter": (self.nucleus_diameter is None or self.nucleus_diameter > 0, "> 0 or null"),
             "scale_range": (0 < low <= high, "[low, high] with 0 < low <= high"),
         }

@@ -42,3 +42,18 @@ def test_precisions_take_promptsams_names_and_reject_others_on_one_line():
         promptnucseg.load_config("promptnucseg_cpu", {"inference.precision": "half"})
     with pytest.raises(PromptSAMError, match="inference.overlap=256: must be smaller than the SAM window"):
         promptnucseg.load_config("promptnucseg_cpu", {"inference.overlap": 256})
+
+
+def test_segment_settings_read_numbers_as_train_settings_do():
+    """`segment --set` goes through the same typed config building as `train --set`: "5e-1" (a string to YAML 1.1)
+    is a number, a word where a number or flag is meant is a one-line error naming the setting."""
+    from promptsam.cli.segment import with_settings
+    from promptsam.training import lightning_precision
+
+    config = promptnucseg.load_config("promptnucseg_cpu")
+    assert with_settings(config, ["inference.nms_iou=5e-1"]).inference.nms_iou == 0.5
+    with pytest.raises(PromptSAMError, match=r"inference\.overlap: expected int, got 'abc'"):
+        with_settings(config, ["inference.overlap=abc"])
+    with pytest.raises(PromptSAMError, match=r"inference\.one_piece: expected bool, got 1"):
+        with_settings(config, ["inference.one_piece=1"])
+    assert lightning_precision("fp16") == "16-mixed"

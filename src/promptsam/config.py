@@ -29,16 +29,52 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, *, where: str = "config
     for key, value in data.items():
         hint = hints[key]
         if dataclasses.is_dataclass(hint) and isinstance(value, dict):
-            value = from_dict(hint, value, where=f"{where}.{key}")
-        elif isinstance(value, list):
-            value = tuple(value)
-        elif isinstance(value, (str, int)) and not isinstance(value, bool) and float in typing.get_args(hint) + (hint,):
-            try:  # YAML 1.1 reads "3e-4" (no dot) as a string; an int where a float is meant is fine too
-                value = float(value)
-            except ValueError:
-                raise PromptSAMError(f"{where}.{key}: expected a number, got {value!r}") from None
-        kwargs[key] = value
+            kwargs[key] = from_dict(hint, value, where=f"{where}.{key}")
+        else:
+            kwargs[key] = _coerce(hint, value, where=f"{where}.{key}")
     return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, *, where: str) -> Any:
+    """`value` for a field typed `hint`: lists as tuples, numbers written as strings or ints as floats where a float
+    is meant; a one-line error when its type does not fit (None, bool, int, float, str and tuples of them)."""
+    if isinstance(value, list):
+        value = tuple(value)
+    elif isinstance(value, (str, int)) and not isinstance(value, bool) and float in typing.get_args(hint) + (hint,):
+        try:  # YAML 1.1 reads "3e-4" (no dot) as a string; an int where a float is meant is fine too
+            value = float(value)
+        except ValueError:
+            raise PromptSAMError(f"{where}: expected a number, got {value!r}") from None
+    if not _fits(hint, value):
+        name = hint.__name__ if isinstance(hint, type) else str(hint)
+        raise PromptSAMError(f"{where}: expected {name}, got {value!r}")
+    return value
+
+
+def _fits(hint: Any, value: Any) -> bool:
+    """Whether `value` is of the scalar or tuple type `hint` (a union of them); other kinds of hints are not checked."""
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    for option in allowed:
+        origin = typing.get_origin(option) or option
+        if origin not in _CHECKED:
+            return True
+        if value is None and option is type(None):
+            return True
+        if isinstance(value, bool):
+            if origin is bool:
+                return True
+        elif isinstance(value, int) and origin in (int, float) or isinstance(value, float) and origin is float:
+            return True
+        elif isinstance(value, str) and origin is str:
+            return True
+        elif isinstance(value, tuple) and origin is tuple:
+            items = [a for a in typing.get_args(option) if a is not Ellipsis]
+            if not items or all(_fits(items[i % len(items)], v) for i, v in enumerate(value)):
+                return True
+    return False
+
+
+_CHECKED = (type(None), bool, int, float, str, tuple)
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -95,36 +131,18 @@ def parse_settings(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def check_setting(cls: type, dotted: str, value: Any, *, where: str = "--set") -> None:
-    """Raise a one-line PromptSAMError unless `dotted` names a field of dataclass `cls` (nested by dots) whose type
-    admits `value` (None, bool, int, float, str, or a list of numbers for a tuple)."""
+def check_setting(cls: type, dotted: str, *, where: str = "--set") -> None:
+    """Raise a one-line PromptSAMError unless `dotted` names a field of dataclass `cls` (nested by dots); the value's
+    type is checked when the config is built (`from_dict`)."""
     *parents, leaf = dotted.split(".")
     for name in parents:
         hint = typing.get_type_hints(cls).get(name) if dataclasses.is_dataclass(cls) else None
         if hint is None or not dataclasses.is_dataclass(hint):
             raise PromptSAMError(f"{where} {dotted}: no such setting")
         cls = hint
-    hint = typing.get_type_hints(cls).get(leaf)
-    if hint is None:
+    if leaf not in typing.get_type_hints(cls):
         known = ", ".join(f.name for f in dataclasses.fields(cls))
         raise PromptSAMError(f"{where} {dotted}: no such setting; known: {known}")
-    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    origins = {typing.get_origin(a) or a for a in allowed}
-    numbers = (int, float)
-    if value is None:
-        ok = type(None) in origins
-    elif isinstance(value, bool):
-        ok = bool in origins
-    elif isinstance(value, numbers):
-        ok = float in origins or (int in origins and isinstance(value, int))
-    elif isinstance(value, str):
-        ok = str in origins
-    elif isinstance(value, list):
-        ok = tuple in origins and all(isinstance(v, numbers) and not isinstance(v, bool) for v in value)
-    else:
-        ok = False
-    if not ok:
-        raise PromptSAMError(f"{where} {dotted}={value!r}: expected {typing.get_args(hint) and hint or hint.__name__}")
 
 
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:

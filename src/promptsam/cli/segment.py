@@ -296,16 +296,16 @@ def _magnification(model, scale: float) -> str:
 
 def with_settings(config: Any, items: list[str]) -> Any:
     """A PromptNucSeg config with `--set KEY=VALUE` items applied: inference.* and the prompter's decoding settings
-    only (each checked against its field's type); anything else fails on one line."""
+    only (each checked by name here, by type and range when the config is built); anything else fails on one line."""
     from promptsam.config import apply_overrides, check_setting, from_dict, parse_settings, to_dict
 
     overrides = parse_settings(items)
-    for key, value in overrides.items():
+    for key in overrides:
         section, _, name = key.partition(".")
         if not (section == "inference" or (section == "prompter" and name in PROMPTER_SETTINGS)):
             raise PromptSAMError(f"--set {key}: only inference.* and prompter.{{{','.join(PROMPTER_SETTINGS)}}} change "
                                  "at segment time; the rest is fixed by the model's weights")
-        check_setting(type(config), key, value)
+        check_setting(type(config), key)
     return from_dict(type(config), apply_overrides(to_dict(config), overrides), where="--set")
 
 

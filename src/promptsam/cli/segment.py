@@ -317,8 +317,6 @@ def _points_file(points: str, image: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     from promptsam.methods.msam import MSAM
     from promptsam.pretrained import load_model
 
@@ -342,10 +340,9 @@ def run(args: argparse.Namespace) -> int:
         if args.points and not Path(args.points).is_dir() and len(paths) != 1:
             raise PromptSAMError(f"--points {args.points}: a points file applies to one input image; got {len(paths)} "
                                  "(give a folder of <stem>.csv|.geojson|.tif files instead)")
-        if args.precision:
-            model.config = replace(model.config, inference=replace(model.config.inference, precision=args.precision))
-        if args.set:
-            model.config = with_settings(model.config, args.set)
+        settings = [*args.set, *([f"inference.precision={args.precision}"] if args.precision else [])]
+        if settings:
+            model.config = with_settings(model.config, settings)
         if args.diameter is not None:
             try:
                 model.scale_for_diameter(args.diameter)  # a bad diameter fails once, before any input is read

@@ -108,7 +108,7 @@ class DerivedCache:
 
     def get(self, params: tuple[torch.Tensor, ...], key: object, build: Callable[[], T]) -> T:
         """`build()`, cached under `key` for the current state of `params` (not cached when grad is recorded)."""
-        if torch.is_grad_enabled() or any(p.is_inference() for p in params):
+        if torch.compiler.is_compiling() or torch.is_grad_enabled() or any(p.is_inference() for p in params):
             return build()
         stamp = tuple((p._version, p.data_ptr(), p.device) for p in params)
         if stamp != self.stamp:

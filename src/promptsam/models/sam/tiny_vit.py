@@ -171,11 +171,10 @@ def window_bias_index(window_size: int, real: tuple[int, int]) -> tuple[torch.Te
     """Bias indices from the real tokens (the top-left qh x qw, row-major) of a window to its real (L, L) and to
     its padded (L, ws^2 - L) positions."""
     with torch.inference_mode(False):  # cached for later calls, which may record autograd
-        inside = torch.zeros(window_size, window_size, dtype=torch.bool)
-        inside[: real[0], : real[1]] = True
-        inside = inside.flatten()
+        inside = [r * window_size + c for r in range(real[0]) for c in range(real[1])]
+        outside = sorted(set(range(window_size * window_size)) - set(inside))
         from_real = relative_bias_index(window_size)[inside]
-        return from_real[:, inside], from_real[:, ~inside]
+        return from_real[:, inside], from_real[:, outside]
 
 
 def window_view(x: torch.Tensor, rows: slice, cols: slice, size: tuple[int, int]) -> torch.Tensor:
@@ -248,7 +247,7 @@ class Attention(nn.Module):
     def _build_mask(self, real: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
         """`mask` computed from the bias table (differentiable)."""
         ab = self.attention_biases
-        to_real, to_pad = (i.to(ab.device) for i in window_bias_index(self.window_size, real))
+        to_real, to_pad = [i.to(ab.device) for i in window_bias_index(self.window_size, real)]
         mask = ab[:, to_real]
         if to_pad.shape[1]:
             mask = torch.cat([mask, ab[:, to_pad].logsumexp(dim=-1, keepdim=True)], dim=-1)

@@ -69,6 +69,23 @@ def test_three_modes_return_masks_on_the_input_grid(trained, shared_data):
     assert all(r["mode"] == "automatic" for r in automatic.regions)
 
 
+def test_a_model_trained_at_a_lightning_precision_flag_segments(trained, shared_data):
+    """training.precision takes Lightning's flags too ("32-true"); segmenting reads them as promptsam's names."""
+    import dataclasses
+
+    from promptsam.io.volumes import read_pair
+
+    model = MSAM.load(trained[0] / "model.pt", device="cpu")
+    image, _ = read_pair(shared_data / "ms_lesion_3d/train/images/patient07.nii.gz",
+                         shared_data / "ms_lesion_3d/train/labels/patient07.nii.gz")
+    masks = []
+    for precision in ("fp32", "32-true"):
+        model.config = dataclasses.replace(
+            model.config, training=dataclasses.replace(model.config.training, precision=precision))
+        masks.append(model.segment(image).mask)
+    assert np.array_equal(*masks)
+
+
 def test_refinement_sees_the_previous_round_and_the_loss_covers_the_chosen_rounds():
     cfg = load_config("msam_cpu", TINY)
     torch.manual_seed(0)

@@ -7,16 +7,18 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from promptsam.training import fit_stage
+from promptsam.errors import PromptSAMError
+from promptsam.training import TrainingConfig, fit_stage, with_lr_schedule
 
 
 class Worsening(L.LightningModule):
     """A toy task whose validation score only gets worse, so the best checkpoint stays at the first epoch."""
 
-    def __init__(self, killed_at_epoch: int | None = None) -> None:
+    def __init__(self, killed_at_epoch: int | None = None, schedule: str = "constant") -> None:
         super().__init__()
         self.w = torch.nn.Parameter(torch.zeros(1))
         self.killed_at_epoch = killed_at_epoch
+        self.schedule = schedule
 
     def training_step(self, batch, batch_idx):
         if self.current_epoch == self.killed_at_epoch:
@@ -27,7 +29,8 @@ class Worsening(L.LightningModule):
         self.log("val/score", -float(self.current_epoch), batch_size=1)
 
     def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.1)
+        return with_lr_schedule(optimizer, self.schedule, self.trainer.estimated_stepping_batches)
 
 
 def test_last_checkpoint_is_the_latest_epoch_and_resume_continues(tmp_path):
@@ -43,6 +46,31 @@ def test_last_checkpoint_is_the_latest_epoch_and_resume_continues(tmp_path):
     best = fit_stage(Worsening(), data, [object()], max_epochs=4, **args)  # resumes: one more epoch, not four
     assert torch.load(ckpts / "last.ckpt", weights_only=False)["global_step"] == 8
     assert best == ckpts / "best.ckpt"
+
+
+def test_cosine_schedule_falls_to_zero_over_max_epochs_and_resumes_on_the_curve(tmp_path):
+    data = TensorDataset(torch.zeros(4, 1))
+    args = dict(collate=lambda b: b, batch_size=2, stage_dir=tmp_path, monitor="val/score", val_every=1,
+                precision="32-true", progress=False, whole=lambda val: TensorDataset(torch.zeros(1, 1)))
+    with pytest.raises(RuntimeError, match="killed"):  # 4 epochs x 2 steps planned, stopped after 2 epochs
+        fit_stage(Worsening(killed_at_epoch=2, schedule="cosine"), data, [object()], max_epochs=4, **args)
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(0.05)  # half way: 0.1 * 0.5
+    task = Worsening(schedule="cosine")
+    fit_stage(task, data, [object()], max_epochs=4, **args)  # the resumed run continues the curve to 0
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 8
+    assert last["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    constant = Worsening()
+    fit_stage(constant, data, [object()], max_epochs=2, **{**args, "stage_dir": tmp_path / "constant"})
+    assert constant.optimizers().param_groups[0]["lr"] == 0.1
+
+
+def test_unknown_lr_schedule_is_refused():
+    with pytest.raises(PromptSAMError, match="training.lr_schedule='linear'"):
+        TrainingConfig(lr_schedule="linear")
+    with pytest.raises(PromptSAMError, match="max_epochs"):
+        with_lr_schedule(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1), "cosine", float("inf"))
 
 
 def test_ema_checkpoints_hold_the_average_and_the_raw_weights(tmp_path):

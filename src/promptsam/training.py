@@ -37,11 +37,32 @@ class TrainingConfig:
     precision: str = "auto"  # auto (bf16-mixed on bf16 hardware, else 32), fp32, bf16, or a Lightning flag
     seed: int = 2024
     ema_decay: float | None = None  # validate, keep and ship an exponential moving average of the weights (0.999)
+    # [A] "constant" (the papers' prompter and segmentor), "cosine": the learning rate falls to 0 along a half cosine
+    # over the run's max_epochs (counted from its start; a resumed run continues the curve), per optimiser step
+    lr_schedule: str = "constant"
 
     def __post_init__(self) -> None:
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise PromptSAMError(f"training.lr_schedule={self.lr_schedule!r}: must be one of {', '.join(LR_SCHEDULES)}")
         if self.precision not in PRECISIONS and self.precision not in LIGHTNING_PRECISIONS:
             raise PromptSAMError(f"training.precision={self.precision!r}: must be one of "
                                  f"{', '.join([*PRECISIONS, *LIGHTNING_PRECISIONS])}")
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def with_lr_schedule(optimizer: torch.optim.Optimizer, schedule: str, total_steps: int | float) -> Any:
+    """What a LightningModule's configure_optimizers returns: `optimizer` alone ("constant") or with a per-step
+    cosine decay to 0 over `total_steps` ("cosine"; Lightning saves and resumes its position)."""
+    if schedule == "constant":
+        return optimizer
+    if schedule != "cosine":
+        raise PromptSAMError(f"training.lr_schedule={schedule!r}: must be one of {', '.join(LR_SCHEDULES)}")
+    if not np.isfinite(total_steps) or total_steps < 1:
+        raise PromptSAMError("training.lr_schedule=cosine needs a finite number of steps: set training.max_epochs")
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=int(total_steps), eta_min=0.0)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 # the Lightning flags promptsam's precision names (device.PRECISIONS, as inference.precision) stand for ("auto" is
@@ -104,6 +125,12 @@ class _Whole(Dataset):
         if i not in self.cache:
             self.cache[i] = self.source[i]
         return self.cache[i]
+
+
+def precision_name(precision: str) -> str:
+    """promptsam's name (device.PRECISIONS) for a training precision given either way (a Lightning flag or a name),
+    for inference with the precision the model was trained in."""
+    return {"32-true": "fp32", "64-true": "fp32", "bf16-mixed": "bf16", "16-mixed": "fp16"}.get(precision, precision)
 
 
 def lightning_precision(precision: str) -> str:

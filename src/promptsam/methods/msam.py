@@ -63,7 +63,7 @@ from promptsam.models.detector3d import build_lesion_detector
 from promptsam.models.mea import MaskEnhancedAdapter
 from promptsam.models.msam import MSam
 from promptsam.models.sam3d.build import build_sam3d
-from promptsam.training import TrainingConfig
+from promptsam.training import TrainingConfig, precision_name, with_lr_schedule
 
 FORMAT = "promptsam.msam/1"
 
@@ -240,7 +240,7 @@ class MSAM(nn.Module):
     def lesion_probability(self, grid_image: np.ndarray) -> np.ndarray:
         """Detector probability over a whole volume on the 1.5 mm grid (sliding 128³ windows, gaussian blending)."""
         norm = normalize_intensity(grid_image, modality=self.config.volume.modality)
-        dtype = resolve_precision(self.config.training.precision, self.device)
+        dtype = resolve_precision(precision_name(self.config.training.precision), self.device)
 
         def predict(x: torch.Tensor) -> torch.Tensor:
             with autocast(self.device, dtype):
@@ -323,7 +323,7 @@ class MSAM(nn.Module):
             rounds = rounds or self.config.clicks.auto_rounds
         probability = np.zeros(grid_image.shape, np.float32)
         regions = []
-        dtype = resolve_precision(self.config.training.precision, self.device)
+        dtype = resolve_precision(precision_name(self.config.training.precision), self.device)
         for centre in centres:
             patch, crop = crop_or_pad(grid_image, centre, size=vcfg.size)
             x = torch.from_numpy(normalize_intensity(patch, modality=vcfg.modality))[None, None].to(self.device)
@@ -536,6 +536,8 @@ class SegmentorTask(_Task):
         if net.detail is not None:  # [A] new layers, trained like the adapter
             groups.append({"params": list(net.detail.parameters()), "lr": o.lr_adapter})
         opt = torch.optim.AdamW(groups, weight_decay=o.weight_decay)
+        if self.config.training.lr_schedule != "constant":  # in place of the paper's steps
+            return with_lr_schedule(opt, self.config.training.lr_schedule, self.trainer.estimated_stepping_batches)
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(o.milestones), gamma=o.gamma)
         return {"optimizer": opt, "lr_scheduler": sched}
 
@@ -576,7 +578,8 @@ class DetectorTask(_Task):
 
     def configure_optimizers(self):
         d = self.config.detector
-        return torch.optim.AdamW(self.model.detector.parameters(), lr=d.lr, weight_decay=d.weight_decay)
+        optimizer = torch.optim.AdamW(self.model.detector.parameters(), lr=d.lr, weight_decay=d.weight_decay)
+        return with_lr_schedule(optimizer, self.config.training.lr_schedule, self.trainer.estimated_stepping_batches)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.loss(self.model.detector(batch["image"]).float(), batch["label"].float())

@@ -45,7 +45,7 @@ from promptsam.models.checkpoint import check_state_dict
 from promptsam.models.prompter import PointPrompter, pad_to_multiple
 from promptsam.models.sam.detail import DetailEncoder, PointRefiner
 from promptsam.models.sam.sam import PIXEL_MEAN, PIXEL_STD
-from promptsam.training import TrainingConfig
+from promptsam.training import TrainingConfig, with_lr_schedule
 
 
 # ----------------------------------------------------------------------------------------------- configuration
@@ -534,7 +534,8 @@ class _Task(L.LightningModule):
     def configure_optimizers(self):
         lr, wd = self._lr_wd()
         params = [p for p in self.parameters() if p.requires_grad]
-        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+        return with_lr_schedule(optimizer, self.config.training.lr_schedule, self.trainer.estimated_stepping_batches)
 
     def on_validation_epoch_start(self) -> None:
         self._val_rows = []

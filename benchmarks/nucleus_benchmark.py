@@ -54,6 +54,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data", type=Path, default=default_data_root())
     parser.add_argument("--fast", action="store_true", help="segment with fast=True (results: nucleus_benchmark_fast)")
+    parser.add_argument("--name", default=None,
+                        help="results file name (default nucleus_benchmark, or nucleus_benchmark_fast with --fast)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -92,7 +94,7 @@ def main() -> None:
     print_table(rows, ["dataset", "method", "pq", "aji", "dice", "s/image"])
     print(f"\npromptsam: {monuseg:.2f} s per 1000x1000 MoNuSeg image, peak RSS {results['peak_rss_gb']:.2f} GB "
           f"({args.threads} threads)")
-    write_results("nucleus_benchmark_fast" if args.fast else "nucleus_benchmark", results)
+    write_results(args.name or ("nucleus_benchmark_fast" if args.fast else "nucleus_benchmark"), results)
 
 
 if __name__ == "__main__":

@@ -32,3 +32,21 @@ def test_encoders_trace_as_one_graph(grad: bool) -> None:
         compiled = torch.compile(encoder, backend="eager")
         with torch.set_grad_enabled(grad):
             assert torch.allclose(compiled(x), eager, atol=1e-5), name
+
+
+def test_prompt_decoding_traces_as_one_graph() -> None:
+    from promptsam.models.sam.build import build_sam
+
+    sam = build_sam("vit_t", checkpoint=None, image_size=256).eval()
+    embeddings = torch.randn(2, 256, 16, 16)
+    points, labels = torch.rand(3, 2, 2) * 256, torch.tensor([[1, 0], [1, 0], [1, -1]])
+    image_index = torch.tensor([0, 1, 1])
+
+    def decode(e, p, lab, i):
+        return sam.decode(e, points=(p, lab), image_index=i)
+
+    torch._dynamo.reset()
+    with torch.no_grad():
+        report = torch._dynamo.explain(decode)(embeddings, points, labels, image_index)
+    assert report.graph_break_count == 0, [str(r.reason) for r in report.break_reasons]
+    assert report.graph_count == 1

@@ -30,7 +30,7 @@ class Worsening(L.LightningModule):
 
     def configure_optimizers(self):
         optimizer = torch.optim.SGD(self.parameters(), lr=0.1)
-        return with_lr_schedule(optimizer, self.schedule, self.trainer.estimated_stepping_batches)
+        return with_lr_schedule(optimizer, self.schedule, self)
 
 
 def test_last_checkpoint_is_the_latest_epoch_and_resume_continues(tmp_path):
@@ -69,8 +69,10 @@ def test_cosine_schedule_falls_to_zero_over_max_epochs_and_resumes_on_the_curve(
 def test_unknown_lr_schedule_is_refused():
     with pytest.raises(PromptSAMError, match="training.lr_schedule='linear'"):
         TrainingConfig(lr_schedule="linear")
+    task = Worsening()
+    task.trainer = type("Unbounded", (), {"estimated_stepping_batches": float("inf")})()
     with pytest.raises(PromptSAMError, match="max_epochs"):
-        with_lr_schedule(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1), "cosine", float("inf"))
+        with_lr_schedule(torch.optim.SGD(task.parameters(), lr=0.1), "cosine", task)
 
 
 def test_ema_checkpoints_hold_the_average_and_the_raw_weights(tmp_path):

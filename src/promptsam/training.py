@@ -52,13 +52,14 @@ class TrainingConfig:
 LR_SCHEDULES = ("constant", "cosine")
 
 
-def with_lr_schedule(optimizer: torch.optim.Optimizer, schedule: str, total_steps: int | float) -> Any:
-    """What a LightningModule's configure_optimizers returns: `optimizer` alone ("constant") or with a per-step
-    cosine decay to 0 over `total_steps` ("cosine"; Lightning saves and resumes its position)."""
+def with_lr_schedule(optimizer: torch.optim.Optimizer, schedule: str, task: L.LightningModule) -> Any:
+    """What `task`'s configure_optimizers returns: `optimizer` alone ("constant") or with a per-step cosine decay to
+    0 over the steps its Trainer plans (max_epochs; "cosine"; Lightning saves and resumes its position)."""
     if schedule == "constant":
         return optimizer
     if schedule != "cosine":
         raise PromptSAMError(f"training.lr_schedule={schedule!r}: must be one of {', '.join(LR_SCHEDULES)}")
+    total_steps = task.trainer.estimated_stepping_batches
     if not np.isfinite(total_steps) or total_steps < 1:
         raise PromptSAMError("training.lr_schedule=cosine needs a finite number of steps: set training.max_epochs")
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=int(total_steps), eta_min=0.0)

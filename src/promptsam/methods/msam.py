@@ -537,7 +537,7 @@ class SegmentorTask(_Task):
             groups.append({"params": list(net.detail.parameters()), "lr": o.lr_adapter})
         opt = torch.optim.AdamW(groups, weight_decay=o.weight_decay)
         if self.config.training.lr_schedule != "constant":  # in place of the paper's steps
-            return with_lr_schedule(opt, self.config.training.lr_schedule, self.trainer.estimated_stepping_batches)
+            return with_lr_schedule(opt, self.config.training.lr_schedule, self)
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(o.milestones), gamma=o.gamma)
         return {"optimizer": opt, "lr_scheduler": sched}
 
@@ -579,7 +579,7 @@ class DetectorTask(_Task):
     def configure_optimizers(self):
         d = self.config.detector
         optimizer = torch.optim.AdamW(self.model.detector.parameters(), lr=d.lr, weight_decay=d.weight_decay)
-        return with_lr_schedule(optimizer, self.config.training.lr_schedule, self.trainer.estimated_stepping_batches)
+        return with_lr_schedule(optimizer, self.config.training.lr_schedule, self)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.loss(self.model.detector(batch["image"]).float(), batch["label"].float())

@@ -535,7 +535,7 @@ class _Task(L.LightningModule):
         lr, wd = self._lr_wd()
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=wd)
-        return with_lr_schedule(optimizer, self.config.training.lr_schedule, self.trainer.estimated_stepping_batches)
+        return with_lr_schedule(optimizer, self.config.training.lr_schedule, self)
 
     def on_validation_epoch_start(self) -> None:
         self._val_rows = []

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
 from promptsam.data.layout import NucleusDataset, Sample, list_samples
@@ -63,6 +64,8 @@ def with_lr_schedule(optimizer: torch.optim.Optimizer, schedule: str, task: L.Li
     if not np.isfinite(total_steps) or total_steps < 1:
         raise PromptSAMError("training.lr_schedule=cosine needs a finite number of steps: set training.max_epochs")
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=int(total_steps), eta_min=0.0)
+    rank_zero_info(f"learning rate: cosine to 0 over {int(total_steps)} steps (training.max_epochs); a time limit "
+                   "that stops training earlier leaves it above 0")
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 

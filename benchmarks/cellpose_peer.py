@@ -136,15 +136,13 @@ def _rgb(image):
 
 def load_split(root: Path, dataset: str, split: str) -> tuple[list[str], list, list]:
     """Return (names, RGB uint8 images, label maps) of one split of a dataset of ../shared/data."""
-    from promptsam.data.layout import list_samples
-    from promptsam.data.splits import split_names
+    from promptsam.data.splits import split_samples
     from promptsam.io import read_image, read_labels
 
-    names = split_names(dataset, root=root)[split]
-    samples = {s.name: s for s in list_samples(root / dataset, "train")}
-    images = [_rgb(read_image(samples[n].image)) for n in names]
-    labels = [read_labels(samples[n].label).astype("int32") for n in names]
-    return names, images, labels
+    samples = split_samples(dataset, split, root=root)
+    images = [_rgb(read_image(s.image)) for s in samples]
+    labels = [read_labels(s.label).astype("int32") for s in samples]
+    return [s.name for s in samples], images, labels
 
 
 def dataset_diameters(root: Path) -> dict[str, float]:

@@ -40,13 +40,10 @@ def build_mosaic(root: Path, grid: int, folder: Path) -> tuple[Path, Path]:
     import numpy as np
     import tifffile
 
-    from promptsam.data.layout import list_samples
-    from promptsam.data.splits import split_names
+    from promptsam.data.splits import split_samples
     from promptsam.io import read_image, read_labels
 
-    samples = {s.name: s for s in list_samples(root / "monuseg", "train")}
-    names = split_names("monuseg", root=root)["val"]
-    tiles = [(read_image(samples[n].image), read_labels(samples[n].label)) for n in names]
+    tiles = [(read_image(s.image), read_labels(s.label)) for s in split_samples("monuseg", "val", root=root)]
     rows_img, rows_lbl, offset = [], [], 0
     for i in range(grid):
         row_img, row_lbl = [], []

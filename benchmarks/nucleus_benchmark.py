@@ -26,8 +26,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from common import print_table, write_results  # noqa: E402
-from promptsam.data.layout import list_samples  # noqa: E402
-from promptsam.data.splits import default_data_root, split_names  # noqa: E402
+from promptsam.data.splits import default_data_root, split_samples  # noqa: E402
 from promptsam.evaluation import evaluate_folders, summarize  # noqa: E402
 from promptsam.inference.classical import watershed_nuclei  # noqa: E402
 from promptsam.io import read_image, write_labels  # noqa: E402
@@ -67,8 +66,7 @@ def main() -> None:
     peer = json.loads(peer_file.read_text()) if peer_file.is_file() else None
     rows, results = [], {"model": str(args.model), "fast": args.fast, "datasets": {}}
     for dataset in DATASETS:
-        val = set(split_names(dataset, root=args.data)["val"])
-        samples = [s for s in list_samples(args.data / dataset, "train") if s.name in val]
+        samples = split_samples(dataset, "val", root=args.data)
         gt_dir = args.data / dataset / "train" / "labels"
         entry = {}
         for method, segment in (

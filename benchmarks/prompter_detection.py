@@ -21,8 +21,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from common import machine, print_table, write_results  # noqa: E402
-from promptsam.data.layout import list_samples  # noqa: E402
-from promptsam.data.splits import default_data_root, split_names  # noqa: E402
+from promptsam.data.splits import default_data_root, split_samples  # noqa: E402
 from promptsam.data.targets import nucleus_points  # noqa: E402
 from promptsam.inference.preprocess import to_rgb255  # noqa: E402
 from promptsam.io import read_image  # noqa: E402
@@ -45,12 +44,10 @@ def main() -> None:
     model = load_model(args.model, device="cpu")
     rows, results = [], {"model": str(args.model), "radius": args.radius, "machine": machine(), "datasets": {}}
     for dataset in DATASETS:
-        names = split_names(dataset, root=args.data)
-        samples = {s.name: s for s in list_samples(args.data / dataset)}
         for split in ("train", "val"):
+            samples = split_samples(dataset, split, root=args.data)
             counts = {"tp": 0.0, "n_gt": 0.0, "n_pred": 0.0}
-            for name in names[split]:
-                sample = samples[name]
+            for sample in samples:
                 gt, _ = nucleus_points(read_labels(sample.label))
                 with torch.inference_mode():
                     found = model.find_prompts(to_rgb255(read_image(sample.image)), fast=True)
@@ -60,7 +57,7 @@ def main() -> None:
             precision = counts["tp"] / max(counts["n_pred"], 1.0)
             recall = counts["tp"] / max(counts["n_gt"], 1.0)
             f1 = 2 * precision * recall / max(precision + recall, 1e-9)
-            row = {"dataset": dataset, "split": split, "images": len(names[split]), "nuclei": int(counts["n_gt"]),
+            row = {"dataset": dataset, "split": split, "images": len(samples), "nuclei": int(counts["n_gt"]),
                    "points": int(counts["n_pred"]), "precision": round(precision, 3), "recall": round(recall, 3),
                    "f1": round(f1, 3)}
             rows.append(row)

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from promptsam.data import NucleusDataset, list_samples, split_names
-from promptsam.data.splits import DATASETS, MIN_VAL, VAL, manifest_strata, select_val, unit_of
+from promptsam.data.splits import DATASETS, MIN_VAL, VAL, manifest_strata, select_val, split_samples, unit_of
 from promptsam.errors import InputError
 from promptsam.io import write_labels, write_volume
 
@@ -98,6 +98,14 @@ def test_split_is_frozen_disjoint_and_reproducible(shared_data, dataset):
         assert {strata[n] for n in val} == set(strata.values())  # every modality in val
     if dataset == "monuseg":
         assert not any(t in n for n in train | val for t in MONUSEG_TEST)
+
+
+def test_split_samples_are_the_split_names_cases(shared_data):
+    names = split_names("consep", root=shared_data)
+    for split in ("train", "val"):
+        samples = split_samples("consep", split, root=shared_data)
+        assert [s.name for s in samples] == names[split]
+        assert all(s.image.is_file() and s.label.is_file() for s in samples)
 
 
 def test_real_consep_samples_have_classes(shared_data):

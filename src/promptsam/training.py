@@ -134,7 +134,8 @@ class _Whole(Dataset):
 def precision_name(precision: str) -> str:
     """promptsam's name (device.PRECISIONS) for a training precision given either way (a Lightning flag or a name),
     for inference with the precision the model was trained in."""
-    return {"32-true": "fp32", "64-true": "fp32", "bf16-mixed": "bf16", "16-mixed": "fp16"}.get(precision, precision)
+    names = {flag: name for name, flag in LIGHTNING_NAMES.items()} | {"64-true": "fp32"}  # fp64 runs as fp32
+    return names.get(precision, precision)
 
 
 def lightning_precision(precision: str) -> str:

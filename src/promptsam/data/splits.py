@@ -24,8 +24,12 @@ import os
 import re
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from promptsam.errors import InputError
+
+if TYPE_CHECKING:
+    from promptsam.data.layout import Sample
 
 __all__ = ["DATASETS", "SALT", "VAL", "default_data_root", "select_val", "split_names", "unit_of"]
 
@@ -149,3 +153,12 @@ def split_names(dataset: str, *, root: str | os.PathLike | None = None) -> dict[
     if missing:
         raise InputError(f"{root / dataset}: validation case {missing[0]!r} is missing")
     return {"train": sorted(set(names) - set(val)), "val": sorted(val)}
+
+
+def split_samples(dataset: str, split: str, *, root: str | os.PathLike | None = None) -> list[Sample]:
+    """The cases (image and label paths) of one split ("train" or "val") of a dataset of ../shared/data, by name."""
+    from promptsam.data.layout import list_samples
+
+    root = Path(root) if root is not None else default_data_root()
+    samples = {s.name: s for s in list_samples(root / dataset, "train")}
+    return [samples[name] for name in split_names(dataset, root=root)[split]]

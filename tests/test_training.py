@@ -104,3 +104,22 @@ def test_training_transforms_magnify_by_the_configured_scale_range():
 
     assert area(scale=(2.0, 2.0), scale_p=1.0) == pytest.approx(4 * label.sum(), rel=0.15)
     assert area(scale=(2.0, 2.0), scale_p=0.0) == label.sum()
+
+
+def test_stain_jitter_changes_stained_tissue_and_leaves_grey_images_alone(shared_data):
+    import numpy as np
+
+    from promptsam.data.splits import split_samples
+    from promptsam.data.transforms import StainJitter
+    from promptsam.io import read_image
+
+    tissue = read_image(split_samples("monuseg", "train", root=shared_data)[0].image)[:128, :128]
+    rng = np.random.default_rng(0)
+    jittered = [StainJitter(0.1, p=1.0)({"image": tissue.copy()}, rng)["image"] for _ in range(4)]
+    shifts = [np.abs(j.astype(int) - tissue).mean() for j in jittered]
+    assert all(1 < s < 40 for s in shifts)  # visibly restained, not washed out
+    assert len({round(s, 3) for s in shifts}) == 4  # a new draw each time
+    # the same tissue structure: the restained image still tracks the original's brightness
+    assert all(np.corrcoef(j.mean(2).ravel(), tissue.mean(2).ravel())[0, 1] > 0.9 for j in jittered)
+    grey = np.repeat(tissue.mean(2, keepdims=True).astype(np.uint8), 3, axis=2)
+    assert np.array_equal(StainJitter(0.1, p=1.0)({"image": grey.copy()}, rng)["image"], grey)

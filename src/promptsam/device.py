@@ -48,10 +48,16 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
             raise PromptSAMError("fp16 is unusably slow on CPU; use bf16 or fp32")
         return torch.float16
     if precision == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if device.type == "cpu" and cpu_supports_bf16() else None
+        return resolve_precision(auto_precision(device), device)
     raise PromptSAMError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
+
+
+def auto_precision(device: torch.device) -> str:
+    """The precision "auto" stands for on `device`: bf16 where the hardware computes it (fp16 on older GPUs), else
+    fp32."""
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if device.type == "cpu" and cpu_supports_bf16() else "fp32"
 
 
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from promptsam.data.layout import NucleusDataset, Sample, list_samples
 from promptsam.data.splits import VAL
-from promptsam.device import PRECISIONS, pick_device, resolve_precision
+from promptsam.device import PRECISIONS, auto_precision, pick_device
 from promptsam.errors import InputError, PromptSAMError
 
 
@@ -43,8 +43,7 @@ class TrainingConfig:
     lr_schedule: str = "constant"
 
     def __post_init__(self) -> None:
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise PromptSAMError(f"training.lr_schedule={self.lr_schedule!r}: must be one of {', '.join(LR_SCHEDULES)}")
+        _check_lr_schedule(self.lr_schedule)
         if self.precision not in PRECISIONS and self.precision not in LIGHTNING_PRECISIONS:
             raise PromptSAMError(f"training.precision={self.precision!r}: must be one of "
                                  f"{', '.join([*PRECISIONS, *LIGHTNING_PRECISIONS])}")
@@ -53,13 +52,18 @@ class TrainingConfig:
 LR_SCHEDULES = ("constant", "cosine")
 
 
+def _check_lr_schedule(schedule: str) -> str:
+    """`schedule` if it is one of LR_SCHEDULES, else one clear error."""
+    if schedule not in LR_SCHEDULES:
+        raise PromptSAMError(f"training.lr_schedule={schedule!r}: must be one of {', '.join(LR_SCHEDULES)}")
+    return schedule
+
+
 def with_lr_schedule(optimizer: torch.optim.Optimizer, schedule: str, task: L.LightningModule) -> Any:
     """What `task`'s configure_optimizers returns: `optimizer` alone ("constant") or with a per-step cosine decay to
     0 over the steps its Trainer plans (max_epochs; "cosine"; Lightning saves and resumes its position)."""
-    if schedule == "constant":
+    if _check_lr_schedule(schedule) == "constant":
         return optimizer
-    if schedule != "cosine":
-        raise PromptSAMError(f"training.lr_schedule={schedule!r}: must be one of {', '.join(LR_SCHEDULES)}")
     total_steps = task.trainer.estimated_stepping_batches
     if not np.isfinite(total_steps) or total_steps < 1:
         raise PromptSAMError("training.lr_schedule=cosine needs a finite number of steps: set training.max_epochs")
@@ -141,10 +145,9 @@ def precision_name(precision: str) -> str:
 def lightning_precision(precision: str) -> str:
     """Lightning precision flag: for `auto`, the autocast dtype promptsam.device picks here; fp32 / bf16 as
     Lightning names them; a Lightning flag as given."""
-    if precision != "auto":
-        return LIGHTNING_NAMES.get(precision, precision)
-    dtype = resolve_precision("auto", pick_device("auto"))
-    return {torch.bfloat16: "bf16-mixed", torch.float16: "16-mixed"}.get(dtype, "32-true")
+    if precision == "auto":
+        precision = auto_precision(pick_device("auto"))
+    return LIGHTNING_NAMES.get(precision, precision)
 
 
 def fit_stage(

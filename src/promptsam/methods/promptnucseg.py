@@ -75,6 +75,8 @@ class PrompterConfig:
     crop: int = 256
     scale_augment: tuple[float, float] = (0.8, 1.25)  # [A] random magnification of training crops (RandomScale)
     scale_augment_p: float = 0.3
+    stain_augment: float = 0.0  # [A] sigma of the H&E stain jitter of colour training crops (transforms.StainJitter,
+    # Tellez et al. 2018 use 0.05); 0 = off (the paper's augmentation has no stain jitter)
     batch_size: int = 8
     lr: float = 1e-4
     weight_decay: float = 1e-4
@@ -697,7 +699,8 @@ def train_promptnucseg(
                                        config.segmentor.duplicate_negatives, config.segmentor.own_points)
         zoom = config.segmentor.scale if stage == "segmentor" else 1.0
         augment = {} if stage == "segmentor" else {"scale": tuple(config.prompter.scale_augment),
-                                                    "scale_p": config.prompter.scale_augment_p}
+                                                    "scale_p": config.prompter.scale_augment_p,
+                                                    "stain": config.prompter.stain_augment}
         train_ds = CropDataset(train_samples, training_transforms(crop, zoom=zoom, seed=tcfg.seed, **augment),
                                length=tcfg.samples_per_epoch, seed=tcfg.seed)
         if stage == "segmentor" and config.segmentor.own_points > 0:

@@ -123,3 +123,29 @@ def test_stain_jitter_changes_stained_tissue_and_leaves_grey_images_alone(shared
     assert all(np.corrcoef(j.mean(2).ravel(), tissue.mean(2).ravel())[0, 1] > 0.9 for j in jittered)
     grey = np.repeat(tissue.mean(2, keepdims=True).astype(np.uint8), 3, axis=2)
     assert np.array_equal(StainJitter(0.1, p=1.0)({"image": grey.copy()}, rng)["image"], grey)
+
+
+def test_balanced_crops_give_each_data_folder_the_same_share(tmp_path):
+    import numpy as np
+    import tifffile
+
+    from promptsam.training import CropDataset, dataset_of, gather_samples
+
+    rng = np.random.default_rng(0)
+    folders = []
+    for name, n, size in (("big", 2, 128), ("small", 6, 32)):
+        for sub in ("images", "labels"):
+            (tmp_path / name / "train" / sub).mkdir(parents=True)
+        for i in range(n):
+            tifffile.imwrite(tmp_path / name / "train" / "images" / f"{name}{i}.tif",
+                             rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
+            labels = np.zeros((size, size), np.uint16)
+            labels[4:12, 4:12] = 1
+            tifffile.imwrite(tmp_path / name / "train" / "labels" / f"{name}{i}.tif", labels)
+        folders.append(tmp_path / name)
+    train, _ = gather_samples(folders)
+    groups = dataset_of(train, folders)
+    assert sorted(groups) == [0, 0, 1, 1, 1, 1, 1, 1]
+    share = lambda ds: [ds.weights[np.array(groups) == g].sum() for g in (0, 1)]  # noqa: E731
+    assert share(CropDataset(train, lambda x: x))[0] == pytest.approx(4 / 7)  # sqrt(area): 2 * 128 vs 6 * 32
+    assert share(CropDataset(train, lambda x: x, groups=groups)) == pytest.approx([0.5, 0.5])

@@ -41,6 +41,9 @@ class TrainingConfig:
     # [A] "constant" (the papers' prompter and segmentor), "cosine": the learning rate falls to 0 along a half cosine
     # over the run's max_epochs (counted from its start; a resumed run continues the curve), per optimiser step
     lr_schedule: str = "constant"
+    # [A] draw training crops so that every --data folder gets the same share (within a folder ~ sqrt(image area));
+    # False: ~ sqrt(area) over all images pooled, so folders of large images dominate
+    balance_datasets: bool = False
 
     def __post_init__(self) -> None:
         _check_lr_schedule(self.lr_schedule)
@@ -97,15 +100,26 @@ def gather_samples(data: Sequence[str | os.PathLike], val: Sequence[str | os.Pat
     return train, held
 
 
+def dataset_of(samples: Sequence[Sample], data: Sequence[str | os.PathLike]) -> list[int]:
+    """For each sample, the index of the `data` folder that holds its image."""
+    roots = [Path(d).resolve() for d in data]
+    return [next((i for i, r in enumerate(roots) if Path(s.image).resolve().is_relative_to(r)), -1) for s in samples]
+
+
 class CropDataset(Dataset):
-    """Random augmented crops of images held in memory; images are drawn with weight ~ sqrt(area) per epoch."""
+    """Random augmented crops of images held in memory; images are drawn with weight ~ sqrt(area) per epoch, and with
+    `groups` (a key per sample) each group gets the same share."""
 
     def __init__(self, samples: Sequence[Sample], transform: Callable[[dict], dict], *, length: int | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, groups: Sequence[Any] | None = None) -> None:
         source = NucleusDataset(list(samples))
         self.items = [source[i] for i in range(len(source))]
         areas = np.array([it["image"].shape[0] * it["image"].shape[1] for it in self.items], np.float64)
         self.weights = np.sqrt(areas / 65536.0)
+        if groups is not None:
+            keys = np.asarray(groups)
+            for key in np.unique(keys):
+                self.weights[keys == key] /= self.weights[keys == key].sum()
         self.weights /= self.weights.sum()
         self.length = length or len(self.items)
         self.transform = transform

@@ -103,6 +103,7 @@ class SegmentorConfig:
     own_points: float = 0.0  # [A] share of training nuclei prompted where this model's own prompter puts its point
     # (found once per stage on the whole training images); > 0 also validates with the prompter's points
     focal_weight: float = 20.0
+    stain_augment: float = 0.0  # [A] as prompter.stain_augment, for the segmentor's training crops
     peft: str | None = None  # None = full fine-tuning (paper); "lora" = LoRA on the encoder's attention
     lora_rank: int = 4
     lora_parts: str | None = None  # None: one LoRA on the fused qkv; "qv": q and v only, each its own pair (SAC, SAMed)
@@ -661,7 +662,7 @@ def train_promptnucseg(
 ) -> dict[str, Any]:
     """Train the prompter and/or the segmentor into run folder `out`, then export `out/model.pt`."""
     from promptsam.data.transforms import training_transforms
-    from promptsam.training import CropDataset, fit_stage, gather_samples, load_task_weights
+    from promptsam.training import CropDataset, dataset_of, fit_stage, gather_samples, load_task_weights
 
     out = Path(out)
     L.seed_everything(config.training.seed, workers=True)
@@ -698,11 +699,12 @@ def train_promptnucseg(
                                        None if jitter is None else jitter * config.segmentor.scale,
                                        config.segmentor.duplicate_negatives, config.segmentor.own_points)
         zoom = config.segmentor.scale if stage == "segmentor" else 1.0
-        augment = {} if stage == "segmentor" else {"scale": tuple(config.prompter.scale_augment),
-                                                    "scale_p": config.prompter.scale_augment_p,
-                                                    "stain": config.prompter.stain_augment}
+        augment = {"stain": config.segmentor.stain_augment} if stage == "segmentor" else {
+            "scale": tuple(config.prompter.scale_augment), "scale_p": config.prompter.scale_augment_p,
+            "stain": config.prompter.stain_augment}
         train_ds = CropDataset(train_samples, training_transforms(crop, zoom=zoom, seed=tcfg.seed, **augment),
-                               length=tcfg.samples_per_epoch, seed=tcfg.seed)
+                               length=tcfg.samples_per_epoch, seed=tcfg.seed,
+                               groups=dataset_of(train_samples, data) if tcfg.balance_datasets else None)
         if stage == "segmentor" and config.segmentor.own_points > 0:
             _attach_own_points(model, train_ds.items, out / stage / "own_points.npz", progress=progress)
         best = fit_stage(task, train_ds, val_samples, collate=collate, batch_size=batch, stage_dir=out / stage,

@@ -183,11 +183,11 @@ def training_transforms(crop: int = 256, *, zoom: float = 1.0, scale: tuple[floa
     """The augmentation pipeline of the nucleus trainers (a CPU-cheap subset of PromptNucSeg's, methods.md §3.2).
 
     With `zoom` != 1 the crop is taken at `crop / zoom` pixels and magnified to `crop` (the segmentor's `scale`);
-    `scale` and `scale_p` are RandomScale's range and probability (magnification augmentation); `stain` > 0 adds
-    StainJitter of that sigma.
+    `scale` and `scale_p` are RandomScale's range and probability (magnification augmentation); `stain` is
+    StainJitter's sigma (0: off, drawing nothing, so the other transforms see the same random numbers).
     """
     return Compose(
         [RandomScale(scale, scale_p), RandomCrop(round(crop / zoom)), Zoom(zoom), RandomFlipRotate(),
-         *([StainJitter(stain)] if stain > 0 else []), ColorJitter(), GaussianBlur(), GaussianNoise()],
+         StainJitter(stain), ColorJitter(), GaussianBlur(), GaussianNoise()],
         seed=seed,
     )

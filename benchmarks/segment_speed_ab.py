@@ -29,7 +29,7 @@ from promptsam.pretrained import load_model
 from promptsam.data.layout import NucleusDataset
 from promptsam.training import gather_samples
 model = load_model({model!r}, device="cpu")
-_, val = gather_samples([{data!r}])
+_, val, _ = gather_samples([{data!r}])
 images = [NucleusDataset(val)[i]["image"] for i in range(len(val))]
 model.segment(images[0])
 seconds = []

@@ -23,8 +23,9 @@
 # The shipped file stores inference settings chosen on the validation split: per-image magnification to a 40-pixel
 # nucleus (inference.nucleus_diameter) and a point NMS radius of one estimated nucleus diameter
 # (prompter.nms_diameters); the prompter's test-time flips (on for v4) are off since v5: the same PQ, 1.3x faster;
-# one centring step (prompter.centring_steps; two: the same mean PQ, twice the time; two since v8, see phase 8) and SAM windows overlapping by
-# 48 px instead of 64 (inference.overlap; the same PQ within 0.002, 0.94x the time on 1000x1000 H&E) since v6;
+# one centring step (prompter.centring_steps; two: the same mean PQ, twice the time; two since v8, see phase 8)
+# and SAM windows overlapping by 48 px instead of 64 (inference.overlap; the same PQ within 0.002, 0.94x the time
+# on 1000x1000 H&E) since v6;
 # since v7 the mask-aided filter keeps points where the nucleus mask's logit exceeds -1 instead of 0
 # (prompter.mask_filter_logit; MoNuSeg PQ 0.388 -> 0.423, DSB2018 0.612 -> 0.615, CoNSeP 0.265 -> 0.260).
 # Magnifying from the start does not work from scratch (at scale 2 the masks stayed empty for 700 steps).

@@ -129,7 +129,7 @@ def test_balanced_crops_give_each_data_folder_the_same_share(tmp_path):
     import numpy as np
     import tifffile
 
-    from promptsam.training import CropDataset, dataset_of, gather_samples
+    from promptsam.training import CropDataset, gather_samples
 
     rng = np.random.default_rng(0)
     folders = []
@@ -143,8 +143,7 @@ def test_balanced_crops_give_each_data_folder_the_same_share(tmp_path):
             labels[4:12, 4:12] = 1
             tifffile.imwrite(tmp_path / name / "train" / "labels" / f"{name}{i}.tif", labels)
         folders.append(tmp_path / name)
-    train, _ = gather_samples(folders)
-    groups = dataset_of(train, folders)
+    train, _, groups = gather_samples(folders)
     assert sorted(groups) == [0, 0, 1, 1, 1, 1, 1, 1]
     share = lambda ds: [ds.weights[np.array(groups) == g].sum() for g in (0, 1)]  # noqa: E731
     assert share(CropDataset(train, lambda x: x))[0] == pytest.approx(4 / 7)  # sqrt(area): 2 * 128 vs 6 * 32

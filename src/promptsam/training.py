@@ -83,27 +83,25 @@ LIGHTNING_PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "64-true")
 
 
 def gather_samples(data: Sequence[str | os.PathLike], val: Sequence[str | os.PathLike] = ()) -> tuple[
-        list[Sample], list[Sample]]:
-    """Training and validation cases: every `data` folder's train split, minus the frozen validation cases of
-    known development datasets (promptsam.data.splits) when no `val` folders are given."""
+        list[Sample], list[Sample], list[int]]:
+    """Training and validation cases, and for each training case the index of its `data` folder: every `data`
+    folder's train split, minus the frozen validation cases of known development datasets (promptsam.data.splits)
+    when no `val` folders are given."""
     train: list[Sample] = []
     held: list[Sample] = []
-    for folder in data:
+    folder_of: list[int] = []
+    for i, folder in enumerate(data):
         samples = list_samples(folder, "train")
         frozen = set(VAL.get(Path(folder).name, ())) if not val else set()
-        train += [s for s in samples if s.name not in frozen]
+        kept = [s for s in samples if s.name not in frozen]
+        train += kept
+        folder_of += [i] * len(kept)
         held += [s for s in samples if s.name in frozen]
     for folder in val:
         held += list_samples(folder, "val") if (Path(folder) / "val").is_dir() else list_samples(folder, "train")
     if not train:
         raise InputError(f"no training images found in {', '.join(map(str, data))}")
-    return train, held
-
-
-def dataset_of(samples: Sequence[Sample], data: Sequence[str | os.PathLike]) -> list[int]:
-    """For each sample, the index of the `data` folder that holds its image."""
-    roots = [Path(d).resolve() for d in data]
-    return [next((i for i, r in enumerate(roots) if Path(s.image).resolve().is_relative_to(r)), -1) for s in samples]
+    return train, held, folder_of
 
 
 class CropDataset(Dataset):

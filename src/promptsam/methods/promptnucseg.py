@@ -662,11 +662,11 @@ def train_promptnucseg(
 ) -> dict[str, Any]:
     """Train the prompter and/or the segmentor into run folder `out`, then export `out/model.pt`."""
     from promptsam.data.transforms import training_transforms
-    from promptsam.training import CropDataset, dataset_of, fit_stage, gather_samples, load_task_weights
+    from promptsam.training import CropDataset, fit_stage, gather_samples, load_task_weights
 
     out = Path(out)
     L.seed_everything(config.training.seed, workers=True)
-    train_samples, val_samples = gather_samples(data, val)
+    train_samples, val_samples, folder_of = gather_samples(data, val)
     model = PromptNucSeg(config)
     model_file = out / "model.pt"
     if model_file.is_file():  # later stages start from the weights of earlier ones
@@ -704,7 +704,7 @@ def train_promptnucseg(
             "stain": config.prompter.stain_augment}
         train_ds = CropDataset(train_samples, training_transforms(crop, zoom=zoom, seed=tcfg.seed, **augment),
                                length=tcfg.samples_per_epoch, seed=tcfg.seed,
-                               groups=dataset_of(train_samples, data) if tcfg.balance_datasets else None)
+                               groups=folder_of if tcfg.balance_datasets else None)
         if stage == "segmentor" and config.segmentor.own_points > 0:
             _attach_own_points(model, train_ds.items, out / stage / "own_points.npz", progress=progress)
         best = fit_stage(task, train_ds, val_samples, collate=collate, batch_size=batch, stage_dir=out / stage,

@@ -836,3 +836,63 @@ def test_mask_threshold_grows_or_shrinks_every_mask(trained, crops):
     finally:
         model.config = replace(model.config, inference=inference)
     assert areas[-2.0] > areas[0.0] > areas[2.0] > 0
+
+
+def _crop_dataset(crops, root):
+    """The crops as a dataset folder in the uniform layout (train split)."""
+    from PIL import Image
+
+    from promptsam.io import write_labels
+
+    for sub in ("images", "labels"):
+        (root / "train" / sub).mkdir(parents=True)
+    for i, crop in enumerate(crops):
+        Image.fromarray(crop["image"]).save(root / "train" / "images" / f"crop{i}.png")
+        write_labels(root / "train" / "labels" / f"crop{i}.tif", crop["label"])
+    return root
+
+
+def test_train_from_a_model_fine_tunes_its_weights_with_its_settings(trained, crops, tmp_path, capsys):
+    """`train promptnucseg --from MODEL`: the run takes the model's settings (here a changed inference value) and
+    weights (a prompter-only run keeps its segmentor); other class counts get a fresh class head; bad uses fail on
+    one line."""
+    from dataclasses import replace
+
+    model, *_ = trained
+    source = replace(model.config, inference=replace(model.config.inference, nms_iou=0.21))
+    model.config, kept = source, model.config
+    try:
+        model_file = model.save(tmp_path / "source.pt")
+    finally:
+        model.config = kept
+    data = str(_crop_dataset(crops, tmp_path / "data"))
+    short = ["--data", data, "--val", data, "--no-progress", "--set", "training.max_epochs=1",
+             "--set", "training.samples_per_epoch=4", "--set", "training.val_every=1"]
+    run = tmp_path / "run"
+    assert main(["train", "promptnucseg", "--from", str(model_file), "--out", str(run), "--stage", "prompter",
+                 *short]) == 0
+    tuned = PromptNucSeg.load(run / "model.pt", device="cpu")
+    assert tuned.config.inference.nms_iou == 0.21 and tuned.config.prompter.backbone == "resnet18"
+    from promptsam.methods.promptnucseg import UNUSED_SEGMENTOR_KEYS  # never run, not saved
+
+    for key, value in model.segmentor.state_dict().items():
+        assert key.startswith(UNUSED_SEGMENTOR_KEYS) or torch.equal(tuned.segmentor.state_dict()[key], value), key
+    assert any(not torch.equal(tuned.prompter.state_dict()[k], v) for k, v in model.prompter.state_dict().items())
+
+    typed = tmp_path / "typed"
+    assert main(["train", "promptnucseg", "--from", str(model_file), "--out", str(typed), "--stage", "segmentor",
+                 "--set", "prompter.num_classes=3", "--set", "class_names=[a, b, c]", *short]) == 0
+    retyped = PromptNucSeg.load(typed / "model.pt", device="cpu")
+    assert retyped.config.prompter.num_classes == 3
+    assert retyped.prompter.cls_head[-1].out_features == 4  # three types and background
+    same = {k: v for k, v in model.prompter.state_dict().items() if not k.startswith("cls_head.")}
+    assert all(torch.equal(retyped.prompter.state_dict()[k], v) for k, v in same.items())
+
+    capsys.readouterr()
+    for extra in (["--preset", "promptnucseg_cpu"], []):
+        source_arg = str(model_file) if extra else str(tmp_path / "missing.pt")
+        code = main(["train", "promptnucseg", "--from", source_arg, "--out", str(tmp_path / "bad"), *extra, *short])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1, err
+        assert ("--preset" in err[0]) if extra else ("missing.pt" in err[0])
+    assert not (tmp_path / "bad").exists()

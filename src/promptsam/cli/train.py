@@ -16,7 +16,8 @@ def _run_arguments(p: argparse.ArgumentParser, *, data_help: str, preset: str, p
     """The options every `train METHOD` shares: data, run folder, preset and overrides, budget, threads."""
     p.add_argument("--data", action="append", required=True, help=data_help)
     p.add_argument("--val", action="append", default=[], help="validation folder(s)")
-    p.add_argument("--preset", default=preset, help=preset_help)
+    p.add_argument("--preset", default=None, help=f"{preset_help} (default {preset})")
+    p.set_defaults(default_preset=preset)
     p.add_argument("--out", required=True, help="run folder (re-running resumes from it)")
     p.add_argument("--stage", choices=[*stages, "both"], default="both", help="stage to train (both: all of them)")
     p.add_argument("--max-minutes", type=float, default=None, help="time budget per stage (overrides the preset)")
@@ -35,6 +36,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    preset="promptnucseg_cpu", preset_help="preset name or YAML file",
                    stages=["prompter", "segmentor", "centring"])
     p.add_argument("--sam-checkpoint", default=None, help="official SAM/MobileSAM file to start the segmentor from")
+    p.add_argument("--from", dest="from_model", metavar="MODEL", default=None,
+                   help="fine-tune a trained model (a shipped name such as default, or a model file): a new run "
+                        "starts from its weights and settings instead of a preset; --set changes them")
     p.add_argument("--peft", choices=["lora"], default=None, help="parameter-efficient fine-tuning of the encoder")
     p.add_argument("--rank", type=int, default=None, help="LoRA rank (with --peft lora)")
     p.set_defaults(func=run)
@@ -73,8 +77,9 @@ def _overrides(args: argparse.Namespace) -> dict:
     return out
 
 
-def _run_config(args: argparse.Namespace, load_config, overrides: dict):
-    """The run's config: the preset with overrides, or, when resuming, the config the run started with."""
+def _run_config(args: argparse.Namespace, load_config, overrides: dict, *, start=None):
+    """The run's config: the preset (or `start(overrides)`, a model's settings) with overrides, or, when resuming,
+    the config the run started with."""
     import torch
 
     from promptsam.config import to_dict
@@ -83,7 +88,7 @@ def _run_config(args: argparse.Namespace, load_config, overrides: dict):
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
-    config = load_config(args.preset, overrides)
+    config = start(overrides) if start is not None else load_config(args.preset or args.default_preset, overrides)
     saved = out / "config.yaml"
     if saved.is_file():  # resuming: the run keeps the config it started with, plus explicit overrides
         config = load_config(saved, overrides)
@@ -94,12 +99,22 @@ def _run_config(args: argparse.Namespace, load_config, overrides: dict):
 
 
 def run(args: argparse.Namespace) -> int:
-    from promptsam.methods.promptnucseg import load_config, train_promptnucseg
+    from promptsam.errors import PromptSAMError
+    from promptsam.methods.promptnucseg import config_of_model, load_config, train_promptnucseg
+    from promptsam.pretrained import resolve_model
 
-    config, out = _run_config(args, load_config, _overrides(args))
+    source = start = None
+    if args.from_model is not None:
+        for option, value in (("--preset", args.preset), ("--sam-checkpoint", args.sam_checkpoint)):
+            if value is not None:
+                raise PromptSAMError(f"{option} and --from both say where the run starts: give one of them")
+        source = resolve_model(args.from_model)
+        start = lambda overrides: config_of_model(source, overrides)  # noqa: E731
+    config, out = _run_config(args, load_config, _overrides(args), start=start)
     centring = ("centring",) if config.prompter.centring else ()
     stages = ("prompter", "segmentor", *centring) if args.stage == "both" else (args.stage,)
-    summary = train_promptnucseg(config, args.data, args.val, out, stages=stages, progress=not args.no_progress)
+    summary = train_promptnucseg(config, args.data, args.val, out, stages=stages, progress=not args.no_progress,
+                                 start_from=source)
     print(json.dumps(summary, indent=2))
     return 0
 

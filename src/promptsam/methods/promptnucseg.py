@@ -412,15 +412,7 @@ class PromptNucSeg(nn.Module):
     def load(cls, path: str | os.PathLike, *, device: str | torch.device = "auto") -> PromptNucSeg:
         """Load a model saved by `save`, with one-line errors for anything else."""
         path = Path(path)
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise CheckpointError(f"{path}: no such model file") from None
-        except Exception as err:
-            detail = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
-            raise CheckpointError(f"{path}: not a readable promptsam model ({detail})") from None
-        if not isinstance(payload, dict) or payload.get("format") != "promptsam.promptnucseg/1":
-            raise CheckpointError(f"{path}: not a promptsam PromptNucSeg model file")
+        payload = _read_model_file(path)
         config = from_dict(PromptNucSegConfig, payload["config"], where=str(path))
         model = cls(_without_weights(config))
         for part in model.parts:
@@ -431,6 +423,30 @@ class PromptNucSeg(nn.Module):
             _load_keeping(getattr(model, part), state, keep=UNUSED_SEGMENTOR_KEYS if part == "segmentor" else (),
                           source=f"{path} [{part}]")
         return model.to(pick_device(device)).eval()
+
+
+def _read_model_file(path: Path) -> dict[str, Any]:
+    """The payload of a PromptNucSeg model file, or one clear line naming the file."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such model file") from None
+    except Exception as err:
+        detail = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
+        raise CheckpointError(f"{path}: not a readable promptsam model ({detail})") from None
+    if not isinstance(payload, dict) or payload.get("format") != "promptsam.promptnucseg/1":
+        raise CheckpointError(f"{path}: not a promptsam PromptNucSeg model file")
+    return payload
+
+
+def config_of_model(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> PromptNucSegConfig:
+    """The settings stored in a PromptNucSeg model file (paths of external weights dropped), with overrides: the
+    config of a run that fine-tunes that model."""
+    from promptsam.config import apply_overrides
+
+    stored = to_dict(_without_weights(from_dict(PromptNucSegConfig, _read_model_file(Path(path))["config"],
+                                                where=str(path))))
+    return from_dict(PromptNucSegConfig, apply_overrides(stored, overrides), where=str(path))
 
 
 def _without_weights(config: PromptNucSegConfig) -> PromptNucSegConfig:
@@ -659,8 +675,14 @@ def train_promptnucseg(
     *,
     stages: tuple[str, ...] = ("prompter", "segmentor"),
     progress: bool = True,
+    start_from: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Train the prompter and/or the segmentor into run folder `out`, then export `out/model.pt`."""
+    """Train the prompter and/or the segmentor into run folder `out`, then export `out/model.pt`.
+
+    A new run folder can start from the trained model file `start_from` (fine-tuning; `config_of_model` gives its
+    settings): its weights become the run's `model.pt`. With another number of nucleus classes than that model's,
+    the prompter's class head starts anew and everything else is kept.
+    """
     from promptsam.data.transforms import training_transforms
     from promptsam.training import CropDataset, fit_stage, gather_samples, load_task_weights
 
@@ -669,16 +691,30 @@ def train_promptnucseg(
     train_samples, val_samples, folder_of = gather_samples(data, val)
     model = PromptNucSeg(config)
     model_file = out / "model.pt"
+    summary: dict[str, Any] = {"train_images": len(train_samples), "val_images": len(val_samples)}
+    if start_from is not None and not model_file.is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_path(model_file) as tmp:
+            tmp.write_bytes(Path(start_from).read_bytes())
+        summary["started_from"] = str(start_from)
     if model_file.is_file():  # later stages start from the weights of earlier ones
         previous = PromptNucSeg.load(model_file, device="cpu")
-        model.prompter.load_state_dict(previous.prompter.state_dict())
+        prompter_state = previous.prompter.state_dict()
+        new_head = previous.config.prompter.num_classes != config.prompter.num_classes
+        if new_head:  # fine-tuning to other nucleus types: a fresh class head, the rest as trained
+            prompter_state = {k: v for k, v in prompter_state.items() if not k.startswith("cls_head.")}
+            summary["class_head"] = (f"new: {previous.config.prompter.num_classes} -> {config.prompter.num_classes}"
+                                     " classes")
+        _load_keeping(model.prompter, prompter_state, keep=("cls_head.",) if new_head else (),
+                      source=f"{model_file} [prompter]")
         # this run may have grown a zero-start refiner since (segmentor.refine): it keeps its initial values
         _load_keeping(model.segmentor, previous.segmentor.state_dict(), keep=("refine.",),
                       source=f"{model_file} [segmentor]")
         if model.centring is not None and previous.centring is not None:
             model.centring.load_state_dict(previous.centring.state_dict())
+        if new_head:  # every stage (also one running beside this in another process) now reads the same shapes
+            model.save(model_file)
     tcfg = config.training
-    summary: dict[str, Any] = {"train_images": len(train_samples), "val_images": len(val_samples)}
     for stage in stages:
         if stage == "prompter":
             task = PrompterTask(config, model)

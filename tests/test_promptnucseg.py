@@ -888,6 +888,14 @@ def test_train_from_a_model_fine_tunes_its_weights_with_its_settings(trained, cr
     same = {k: v for k, v in model.prompter.state_dict().items() if not k.startswith("cls_head.")}
     assert all(torch.equal(retyped.prompter.state_dict()[k], v) for k, v in same.items())
 
+    lora = tmp_path / "lora"  # LoRA on the fully trained encoder: its weights become the adapters' base
+    assert main(["train", "promptnucseg", "--from", str(model_file), "--out", str(lora), "--stage", "segmentor",
+                 "--peft", "lora", "--rank", "2", *short]) == 0
+    adapted = PromptNucSeg.load(lora / "model.pt", device="cpu").segmentor.state_dict()
+    base = [k for k in adapted if ".base_layer." in k]
+    assert base and any(".lora_A." in k for k in adapted)
+    assert all(torch.equal(adapted[k], model.segmentor.state_dict()[k.replace(".base_layer.", ".")]) for k in base)
+
     capsys.readouterr()
     for extra in (["--preset", "promptnucseg_cpu"], []):
         source_arg = str(model_file) if extra else str(tmp_path / "missing.pt")

@@ -707,9 +707,11 @@ def train_promptnucseg(
                                      " classes")
         _load_keeping(model.prompter, prompter_state, keep=("cls_head.",) if new_head else (),
                       source=f"{model_file} [prompter]")
+        segmentor_state = previous.segmentor.state_dict()
+        if config.segmentor.peft and not previous.config.segmentor.peft:
+            segmentor_state = _onto_lora(segmentor_state, model.segmentor)
         # this run may have grown a zero-start refiner since (segmentor.refine): it keeps its initial values
-        _load_keeping(model.segmentor, previous.segmentor.state_dict(), keep=("refine.",),
-                      source=f"{model_file} [segmentor]")
+        _load_keeping(model.segmentor, segmentor_state, keep=("refine.",), source=f"{model_file} [segmentor]")
         if model.centring is not None and previous.centring is not None:
             model.centring.load_state_dict(previous.centring.state_dict())
         if new_head:  # every stage (also one running beside this in another process) now reads the same shapes
@@ -779,6 +781,19 @@ def _load_keeping(module: nn.Module, state: dict, *, keep: tuple[str, ...], sour
     state.update({k: v for k, v in module.state_dict().items() if k.startswith(keep) and k not in state})
     check_state_dict(module, state, source=source)
     module.load_state_dict(state, strict=True)
+
+
+def _onto_lora(state: dict, module: nn.Module) -> dict:
+    """The weights of a model without LoRA for `module`, whose encoder has LoRA: each adapted layer's weights become
+    its base layer's, and the adapters keep their initial values (a zero update)."""
+    own = module.state_dict()
+    mapped = {}
+    for key, value in state.items():
+        parent, _, leaf = key.rpartition(".")
+        wrapped = f"{parent}.base_layer.{leaf}"
+        mapped[wrapped if key not in own and wrapped in own else key] = value
+    mapped.update({k: v for k, v in own.items() if ".lora_" in k and k not in mapped})
+    return mapped
 
 
 def _save_stage(model: PromptNucSeg, stage: str, model_file: Path) -> None:

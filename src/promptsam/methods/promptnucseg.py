@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from promptsam.losses.segmentor import segmentor_loss
 from promptsam.metrics import detection_scores, score_instances
 from promptsam.metrics.detection import match_points
 from promptsam.models import build_sam
-from promptsam.models.adapters import add_lora
+from promptsam.models.adapters import add_lora, onto_lora
 from promptsam.models.centring import PointCentring, centre_crops, jittered_points
 from promptsam.models.checkpoint import check_state_dict
 from promptsam.models.prompter import PointPrompter, pad_to_multiple
@@ -695,7 +696,7 @@ def train_promptnucseg(
     if start_from is not None and not model_file.is_file():
         out.mkdir(parents=True, exist_ok=True)
         with atomic_path(model_file) as tmp:
-            tmp.write_bytes(Path(start_from).read_bytes())
+            shutil.copyfile(start_from, tmp)
         summary["started_from"] = str(start_from)
     if model_file.is_file():  # later stages start from the weights of earlier ones
         previous = PromptNucSeg.load(model_file, device="cpu")
@@ -709,7 +710,7 @@ def train_promptnucseg(
                       source=f"{model_file} [prompter]")
         segmentor_state = previous.segmentor.state_dict()
         if config.segmentor.peft and not previous.config.segmentor.peft:
-            segmentor_state = _onto_lora(segmentor_state, model.segmentor)
+            segmentor_state = onto_lora(segmentor_state, model.segmentor)
         # this run may have grown a zero-start refiner since (segmentor.refine): it keeps its initial values
         _load_keeping(model.segmentor, segmentor_state, keep=("refine.",), source=f"{model_file} [segmentor]")
         if model.centring is not None and previous.centring is not None:
@@ -781,19 +782,6 @@ def _load_keeping(module: nn.Module, state: dict, *, keep: tuple[str, ...], sour
     state.update({k: v for k, v in module.state_dict().items() if k.startswith(keep) and k not in state})
     check_state_dict(module, state, source=source)
     module.load_state_dict(state, strict=True)
-
-
-def _onto_lora(state: dict, module: nn.Module) -> dict:
-    """The weights of a model without LoRA for `module`, whose encoder has LoRA: each adapted layer's weights become
-    its base layer's, and the adapters keep their initial values (a zero update)."""
-    own = module.state_dict()
-    mapped = {}
-    for key, value in state.items():
-        parent, _, leaf = key.rpartition(".")
-        wrapped = f"{parent}.base_layer.{leaf}"
-        mapped[wrapped if key not in own and wrapped in own else key] = value
-    mapped.update({k: v for k, v in own.items() if ".lora_" in k and k not in mapped})
-    return mapped
 
 
 def _save_stage(model: PromptNucSeg, stage: str, model_file: Path) -> None:

@@ -44,6 +44,19 @@ def add_lora(encoder: nn.Module, *, rank: int = 4, alpha: float | None = None,
     return encoder
 
 
+def onto_lora(state: dict[str, torch.Tensor], module: nn.Module) -> dict[str, torch.Tensor]:
+    """The state_dict of a model without LoRA laid out for `module`, the same model after `add_lora`: each adapted
+    layer's weights become its peft base layer's, and the adapters keep `module`'s values (a zero update)."""
+    own = module.state_dict()
+    mapped = {}
+    for key, value in state.items():
+        parent, _, leaf = key.rpartition(".")
+        wrapped = f"{parent}.base_layer.{leaf}"
+        mapped[wrapped if key not in own and wrapped in own else key] = value
+    mapped.update({k: v for k, v in own.items() if ".lora_" in k and k not in mapped})
+    return mapped
+
+
 def lora_part_mask(out_features: int, parts: str, rank: int, groups: int = 1) -> torch.Tensor:
     """(out_features, rank * len(parts)) 0/1 mask of the entries of B that update q, k or v through their own A rows.
 

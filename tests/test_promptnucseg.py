@@ -853,13 +853,14 @@ def _crop_dataset(crops, root):
 
 
 def test_train_from_a_model_fine_tunes_its_weights_with_its_settings(trained, crops, tmp_path, capsys):
-    """`train promptnucseg --from MODEL`: the run takes the model's settings (here a changed inference value) and
-    weights (a prompter-only run keeps its segmentor); other class counts get a fresh class head; bad uses fail on
-    one line."""
+    """`train promptnucseg --from MODEL`: the run takes the model's settings (here a changed inference value) with
+    the fine-tuning rate and schedule, and its weights (a prompter-only run keeps its segmentor); other class counts
+    get a fresh class head; bad uses fail on one line."""
     from dataclasses import replace
 
     model, *_ = trained
-    source = replace(model.config, inference=replace(model.config.inference, nms_iou=0.21))
+    source = replace(model.config, inference=replace(model.config.inference, nms_iou=0.21),
+                     prompter=replace(model.config.prompter, lr=3e-3))
     model.config, kept = source, model.config
     try:
         model_file = model.save(tmp_path / "source.pt")
@@ -873,6 +874,9 @@ def test_train_from_a_model_fine_tunes_its_weights_with_its_settings(trained, cr
                  *short]) == 0
     tuned = PromptNucSeg.load(run / "model.pt", device="cpu")
     assert tuned.config.inference.nms_iou == 0.21 and tuned.config.prompter.backbone == "resnet18"
+    # the fine-tuning rate and schedule replace the stored ones; --set values replace those
+    assert tuned.config.prompter.lr == 1e-4 and tuned.config.training.lr_schedule == "cosine"
+    assert tuned.config.training.max_epochs == 1
     from promptsam.methods.promptnucseg import UNUSED_SEGMENTOR_KEYS  # never run, not saved
 
     for key, value in model.segmentor.state_dict().items():

@@ -426,10 +426,10 @@ class PromptNucSeg(nn.Module):
         return model.to(pick_device(device)).eval()
 
 
-def _read_model_file(path: Path) -> dict[str, Any]:
-    """The payload of a PromptNucSeg model file, or one clear line naming the file."""
+def _read_model_file(path: Path, *, mmap: bool = False) -> dict[str, Any]:
+    """The payload of a PromptNucSeg model file, or one clear line naming the file (`mmap`: tensors stay on disk)."""
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such model file") from None
     except Exception as err:
@@ -440,14 +440,26 @@ def _read_model_file(path: Path) -> dict[str, Any]:
     return payload
 
 
+#: [A] What a run that starts from a trained model changes in the model's stored training settings (before the
+#: user's overrides): the papers' fine-tuning rate (AdamW 1e-4, §3.5) for every network instead of the from-scratch
+#: rates the stored ones may be, annealed to 0 (cosine) over 40 epochs of 64 crops, validated every 5 epochs (the best
+#: checkpoint of each stage is kept), at most 30 minutes per stage. Not tuned: chosen, then measured once on MoNuSeg
+#: (docs/benchmarks.md, session 17).
+FINE_TUNING: dict[str, Any] = {
+    "prompter.lr": 1e-4, "segmentor.lr": 1e-4, "training.lr_schedule": "cosine", "training.max_epochs": 40,
+    "training.samples_per_epoch": 64, "training.val_every": 5, "training.max_minutes": 30.0,
+}
+
+
 def config_of_model(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> PromptNucSegConfig:
-    """The settings stored in a PromptNucSeg model file (paths of external weights dropped), with overrides: the
-    config of a run that fine-tunes that model."""
+    """The config of a run that fine-tunes a PromptNucSeg model file: its stored settings (paths of external weights
+    dropped) with `FINE_TUNING`'s training settings, then `overrides`."""
     from promptsam.config import apply_overrides
 
-    stored = to_dict(_without_weights(from_dict(PromptNucSegConfig, _read_model_file(Path(path))["config"],
+    stored = to_dict(_without_weights(from_dict(PromptNucSegConfig, _read_model_file(Path(path), mmap=True)["config"],
                                                 where=str(path))))
-    return from_dict(PromptNucSegConfig, apply_overrides(stored, overrides), where=str(path))
+    return from_dict(PromptNucSegConfig, apply_overrides(apply_overrides(stored, FINE_TUNING), overrides),
+                     where=str(path))
 
 
 def _without_weights(config: PromptNucSegConfig) -> PromptNucSegConfig:

@@ -443,8 +443,8 @@ def _read_model_file(path: Path, *, mmap: bool = False) -> dict[str, Any]:
 #: [A] What a run that starts from a trained model changes in the model's stored training settings (before the
 #: user's overrides): the papers' fine-tuning rate (AdamW 1e-4, §3.5) for every network instead of the from-scratch
 #: rates the stored ones may be, annealed to 0 (cosine) over 40 epochs of 64 crops, validated every 5 epochs (the best
-#: checkpoint of each stage is kept), at most 30 minutes per stage. Not tuned: chosen, then measured once on MoNuSeg
-#: (docs/benchmarks.md, session 17).
+#: checkpoint of each stage is kept), at most 30 minutes per stage. Not tuned: chosen, then measured once each on
+#: MoNuSeg and CoNSeP (docs/benchmarks.md, session 17). `train --from`'s help and the README quote these values.
 FINE_TUNING: dict[str, Any] = {
     "prompter.lr": 1e-4, "segmentor.lr": 1e-4, "training.lr_schedule": "cosine", "training.max_epochs": 40,
     "training.samples_per_epoch": 64, "training.val_every": 5, "training.max_minutes": 30.0,
